@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-wait-s", type=float, default=0.005, help="Serve batch_wait_timeout_s")
     p.add_argument("--skip", default="", help="comma-separated variants to skip, e.g. c,d")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--quantize", choices=["none", "int8"], default="none",
+                   help="variants (b)-(d) with dynamic int8 Linear layers (the baseline (a) stays fp32)")
     return p.parse_args(argv)
 
 
@@ -192,7 +194,7 @@ def run_in_process(args: argparse.Namespace, model_dir: Path, texts: list[str], 
             rows.append(summarize("(a) HF pipeline", c, *run_threads(pipe, texts, c)))
             log.info("%s", rows[-1])
     if "b" not in skip:
-        predictor = Predictor.from_dir(model_dir, device="cpu")
+        predictor = Predictor.from_dir(model_dir, device="cpu", quantize=args.quantize)
         predictor.predict(texts[:8])
         # reference first (before many client threads have entered torch): offline, batches of 32 by length
         t0 = time.perf_counter()
@@ -221,7 +223,8 @@ def run_serve(args: argparse.Namespace, model_dir: Path, texts: list[str], concs
     port = _free_port()
     cfg = make_config(model_dir=str(model_dir), num_cpus=args.cpus, num_gpus=0, min_replicas=1, max_replicas=1,
                       max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_s,
-                      max_ongoing_requests=max(64, 2 * args.max_batch_size), port=port, app_name="bench")
+                      max_ongoing_requests=max(64, 2 * args.max_batch_size), port=port, app_name="bench",
+                      quantize=args.quantize)
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     handle = serve.run(build_app(cfg), name=cfg.app_name, route_prefix="/")

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from classifier.errors import InputError
+from classifier.errors import ConfigError, InputError
 from classifier.labels import LabelSet
 from classifier.modeling import (
     REPORT_FILE,
@@ -23,6 +23,19 @@ from classifier.modeling import (
 from classifier.tokenization import FinsentTokenizer
 
 log = logging.getLogger(__name__)
+
+
+def quantize_int8(model: FinsentClassifier) -> FinsentClassifier:
+    """Dynamic int8 quantization of every ``nn.Linear`` (per-channel weights, activations quantized per batch)."""
+    import warnings
+
+    from torch import nn
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao deprecation notice (the API still works in torch 2.x)
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -62,11 +75,27 @@ class Predictor:
         self.forward_calls = 0
 
     @classmethod
-    def from_dir(cls, model_dir: str | Path, device: str | torch.device = "auto", batch_size: int = 32) -> Predictor:
+    def from_dir(
+        cls,
+        model_dir: str | Path,
+        device: str | torch.device = "auto",
+        batch_size: int = 32,
+        quantize: str = "none",
+    ) -> Predictor:
+        """Load a model directory. ``quantize="int8"`` (CPU only) converts every Linear layer to dynamic int8
+        with per-channel weights: about 3x the fp32 throughput on CPU for about half a point of macro-F1; the
+        model version then ends in ``+int8``. Gradients (``classifier.explain``) need ``quantize="none"``."""
+        if quantize not in ("none", "int8"):
+            raise ConfigError(f"quantize: {quantize!r} is not allowed; choose none or int8")
         dev = resolve_device(device)
+        if quantize == "int8" and dev.type != "cpu":
+            raise ConfigError("quantize=int8 is a CPU option: on GPU use bf16 (automatic) with quantize=none")
         model, tokenizer, meta = load_model_dir(model_dir, dev)
         d = Path(model_dir)
         version = f"{meta.name}@{weights_version(d / WEIGHTS_FILE)}"
+        if quantize == "int8":
+            model = quantize_int8(model)
+            version += "+int8"
         report = None
         if (d / REPORT_FILE).is_file():
             report = json.loads((d / REPORT_FILE).read_text(encoding="utf-8"))

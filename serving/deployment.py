@@ -133,12 +133,15 @@ class FinsentDeployment:
         self._last_update_error: str | None = None
 
     # ------------------------------------------------------------------------------------------- lifecycle
-    def _load(self, model_dir: str) -> Any:
+    def _load(self, model_dir: str, quantize: str | None = None) -> Any:
         from classifier.predict import Predictor
 
         t0 = time.perf_counter()
+        if quantize is None:
+            quantize = self._cfg.quantize if self._device == "cpu" else "none"
         # batch_size at the ceiling of max_batch_size: one Serve batch is exactly one forward call
-        predictor = Predictor.from_dir(model_dir, device=self._device, batch_size=MAX_BATCH_SIZE_LIMIT)
+        predictor = Predictor.from_dir(model_dir, device=self._device, batch_size=MAX_BATCH_SIZE_LIMIT,
+                                       quantize=quantize)
         log.info("replica loaded %s from %s on %s in %.1fs", predictor.model_version, model_dir,
                  self._device, time.perf_counter() - t0)
         return predictor
@@ -274,6 +277,11 @@ class FinsentDeployment:
         from classifier.explain import explain
 
         predictor = self._predictor
+        if predictor.model_version.endswith("+int8"):
+            # gradients need float weights: keep one fp32 copy of the current model for explanations
+            if getattr(self, "_explain_fp32", None) is None or self._explain_fp32[0] != self._model_dir:
+                self._explain_fp32 = (self._model_dir, self._load(self._model_dir, quantize="none"))
+            predictor = self._explain_fp32[1]
         cfg = self._cfg
 
         def work() -> tuple[list[dict[str, Any]], int]:

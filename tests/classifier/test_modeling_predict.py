@@ -121,3 +121,18 @@ def test_cli_predict_json_lines(tiny_model_dir: Path) -> None:
     assert [row["text"] for row in rows] == ["利好消息", "股价暴跌"]
     expected = Predictor.from_dir(tiny_model_dir, device="cpu").predict(["利好消息", "股价暴跌"])
     assert [row["label"] for row in rows] == [e["label"] for e in expected]
+
+
+def test_int8_quantized_predictor_agrees_with_fp32(tiny_model_dir: Path) -> None:
+    from torch import nn
+
+    from classifier.errors import ConfigError
+
+    fp32 = Predictor.from_dir(tiny_model_dir, device="cpu")
+    int8 = Predictor.from_dir(tiny_model_dir, device="cpu", quantize="int8")
+    assert int8.model_version == fp32.model_version + "+int8"
+    assert not any(type(m) is nn.Linear for m in int8.model.modules())  # every Linear was converted
+    a, b = fp32.predict_proba(TEXTS), int8.predict_proba(TEXTS)
+    assert (a - b).abs().max().item() < 0.02
+    with pytest.raises(ConfigError, match="quantize"):
+        Predictor.from_dir(tiny_model_dir, device="cpu", quantize="int4")
