@@ -20,6 +20,7 @@ from classifier.modeling import (
     load_model_dir,
     weights_version,
 )
+from classifier.text import normalize
 from classifier.tokenization import FinsentTokenizer
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ class Predictor:
     # ------------------------------------------------------------------ inputs
     def _check(self, texts: Sequence[str]) -> None:
         for i, t in enumerate(texts):
-            if not isinstance(t, str) or not t.strip():
+            if not isinstance(t, str) or not normalize(t):
                 raise InputError(f"text #{i} is empty or not a string: every text must contain something to classify")
 
     def encode_batch(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:

@@ -64,6 +64,8 @@ def test_predictions_sorted_batching_matches_single(tiny_model_dir: Path) -> Non
         assert p["model_version"].startswith("tiny@") and len(p["model_version"]) == len("tiny@") + 8
     with pytest.raises(InputError, match="#1 is empty"):
         pred.predict(["ok", "  "])
+    with pytest.raises(InputError, match="#0 is empty"):
+        pred.predict(["\u200b\ufeff"])  # zero-width characters only: nothing left after normalisation
 
 
 def test_sliding_window_averages_window_probabilities(tiny_model_dir: Path) -> None:

@@ -1,0 +1,37 @@
+"""Fixtures of the stream tests: one embedded broker (real Tansu over real sockets) and one tiny model per
+session; unique topics per test. Run inside a private network namespace (see docs/stream.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from stream_helpers import Topics, new_topics
+
+from stream.broker import EmbeddedBroker
+
+
+@pytest.fixture(scope="session")
+def broker() -> EmbeddedBroker:
+    # Data is in memory and thrown away: no need to wait the ~5 s Tansu takes for a graceful stop.
+    with EmbeddedBroker(stop_timeout_s=2.0) as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
+def model_dir(tiny_model_dir: Path) -> Path:
+    """The session's tiny random finsent model (tests/conftest.py)."""
+    return tiny_model_dir
+
+
+@pytest.fixture(scope="session")
+def predictor(model_dir: Path):
+    from classifier.predict import Predictor
+
+    return Predictor.from_dir(model_dir, device="cpu", batch_size=32)
+
+
+@pytest.fixture
+def topics(broker: EmbeddedBroker, request: pytest.FixtureRequest) -> Topics:
+    """Fresh input/output/DLQ topics (4 partitions) and group id for one test."""
+    return new_topics(broker, request.node.name)
