@@ -62,7 +62,8 @@ class DemoConfig:
     replica_cpus: float = _help("CPUs reserved per Serve replica", default=0.5)
     timeout_s: float = _help("give up waiting for labelled records after this many seconds", default=300.0)
     quiet: bool = _help("do not print a line per labelled record", default=False)
-    out: str = _help("where summary.json is written", default="runs/demo")
+    out: str = _help("where summary.json and records.jsonl (one line per record: true/predicted label, latency) "
+                     "are written", default="runs/demo")
 
     def __post_init__(self) -> None:
         if self.records < 1:
@@ -349,6 +350,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         session = ray._private.worker._global_node.get_session_dir_path() if ray.is_initialized() else None
         summary["ray_session_dir"] = session
         summary["broker_pid"] = broker.pid if broker else None
+        truth = {nid: label for nid, _, label in news}
+        with open(out / "records.jsonl", "w", encoding="utf-8") as f:
+            for nid, rec in seen["out"].items():
+                s = rec["sentiment"]
+                f.write(json.dumps({"id": nid, "true": truth.get(nid) or None, "pred": s["label"], "score": s["score"],
+                                    "latency_ms": seen["latency_ms"].get(nid)}, ensure_ascii=False) + "\n")
+            for nid, reason in seen["dlq"].items():
+                f.write(json.dumps({"id": nid, "true": truth.get(nid) or None, "dlq": reason}, ensure_ascii=False) + "\n")
         (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2, default=str),
                                           encoding="utf-8")
         return summary
