@@ -87,14 +87,16 @@ class FinsentClassifier(nn.Module):
 
 
 def add_compound_embeddings(encoder: nn.Module, tokenizer: FinsentTokenizer) -> None:
-    """Grow the embedding matrix to ``tokenizer.vocab_size`` rows and set each compound token's row to the
-    mean of the rows of the pieces it replaced."""
+    """Grow the embedding matrix to ``tokenizer.vocab_size`` rows and set each *new* compound token's row to
+    the mean of the rows of the pieces it replaced. Rows the encoder already has (compound tokens inherited
+    from a domain-pretrained encoder) keep their trained values."""
     emb = encoder.get_input_embeddings()
     old_rows = emb.weight.shape[0]
-    if old_rows != tokenizer.compound_base_id:
+    if not tokenizer.compound_base_id <= old_rows <= tokenizer.vocab_size:
         raise ModelDirError(
             f"the encoder has {old_rows} embedding rows but the tokenizer numbers compound tokens from "
-            f"{tokenizer.compound_base_id}: build the tokenizer from the same base checkpoint"
+            f"{tokenizer.compound_base_id} to {tokenizer.vocab_size - 1}: build the tokenizer from the same base "
+            "checkpoint"
         )
     if tokenizer.vocab_size == old_rows:
         return
@@ -102,8 +104,9 @@ def add_compound_embeddings(encoder: nn.Module, tokenizer: FinsentTokenizer) -> 
     weight = encoder.get_input_embeddings().weight
     with torch.no_grad():
         for word in tokenizer.compound_words:
-            pieces = tokenizer.compound_pieces[word]
-            weight[tokenizer.compound_ids[word]] = weight[pieces].mean(dim=0)
+            idx = tokenizer.compound_ids[word]
+            if idx >= old_rows:
+                weight[idx] = weight[tokenizer.compound_pieces[word]].mean(dim=0)
 
 
 @dataclass

@@ -137,29 +137,47 @@ class FinsentTokenizer:
     ) -> FinsentTokenizer:
         """Build from a base checkpoint directory: the lexicon words (and ``extra_words``) that the base
         tokenizer splits into two or more pieces become compound tokens, numbered from
-        ``compound_base_id`` (default: the base model's ``vocab_size``)."""
+        ``compound_base_id`` (default: the base model's ``vocab_size``).
+
+        A base directory that already has compound tokens (a domain-pretrained encoder written by
+        ``finsent pretrain``, or a finsent model directory) keeps them with their ids, so their trained
+        embedding rows are reused; lexicon words it does not have yet are appended after them."""
         from transformers import AutoConfig, AutoTokenizer
 
         base = _check_dir(base_dir)
         hf = AutoTokenizer.from_pretrained(str(base))
+        vocab_rows = max(int(AutoConfig.from_pretrained(str(base)).vocab_size), len(hf))
+        inherited: list[str] = []
+        pieces: dict[str, list[int]] = {}
+        if (base / COMPOUND_FILE).is_file():
+            inherited, pieces = _read_compounds(base / COMPOUND_FILE)
+            cfg = json.loads((base / "config.json").read_text(encoding="utf-8"))
+            meta = cfg.get("finsent") or cfg.get("finsent_pretrain") or {}
+            inherited_base = int(meta.get("compound_base_id", vocab_rows - len(inherited)))
+            if compound_base_id is not None and compound_base_id != inherited_base:
+                raise ConfigError(f"compound_base_id: {base} numbers its compound tokens from {inherited_base}, "
+                                  f"not {compound_base_id}; leave compound_base_id unset")
+            compound_base_id = inherited_base
         if compound_base_id is None:
-            compound_base_id = max(int(AutoConfig.from_pretrained(str(base)).vocab_size), len(hf))
+            compound_base_id = vocab_rows
         words: list[str] = []
         for p in lexicon_paths:
             words.extend(read_lexicon(p))
         words.extend(w for w in (normalize(x) for x in extra_words) if w)
         words = [w for w in dict.fromkeys(words) if " " not in w]
-        segmenter = Segmenter((w, None) for w in words)
+        known = set(inherited)
+        segmenter = Segmenter((w, None) for w in dict.fromkeys([*inherited, *words]))
         tok = cls(hf, [], compound_base_id, segmenter, truncation)
-        compounds: list[str] = []
-        pieces: dict[str, list[int]] = {}
-        encoded = tok._cont.encode_batch(words, add_special_tokens=False) if words else []
-        for w, enc in zip(words, encoded, strict=True):
+        new_words = [w for w in words if w not in known]
+        compounds = list(inherited)
+        encoded = tok._cont.encode_batch(new_words, add_special_tokens=False) if new_words else []
+        for w, enc in zip(new_words, encoded, strict=True):
             ids = [i for i in enc.ids if i not in tok.special_ids or i == hf.unk_token_id]
             if len(ids) >= 2:
                 compounds.append(w)
                 pieces[w] = ids
-        log.info("compound tokens: %d of %d lexicon words split into >= 2 pieces", len(compounds), len(words))
+        log.info("compound tokens: %d inherited from %s, %d new of %d lexicon words", len(inherited), base,
+                 len(compounds) - len(inherited), len(words))
         return cls(hf, compounds, compound_base_id, segmenter, truncation, pieces)
 
     @classmethod
@@ -175,14 +193,7 @@ class FinsentTokenizer:
                     "`finsent finetune` (or classifier.modeling.save_model_dir)"
                 )
         hf = AutoTokenizer.from_pretrained(str(d))
-        words: list[str] = []
-        pieces: dict[str, list[int]] = {}
-        for line in (d / COMPOUND_FILE).read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            word, _, rest = line.partition("\t")
-            words.append(word)
-            pieces[word] = [int(x) for x in rest.split()] if rest else []
+        words, pieces = _read_compounds(d / COMPOUND_FILE)
         meta = json.loads((d / "config.json").read_text(encoding="utf-8")).get("finsent", {})
         if truncation is None:
             truncation = TruncationConfig(**meta.get("truncation", {}))
@@ -283,6 +294,19 @@ class FinsentTokenizer:
         inv = {i: w for w, i in self.compound_ids.items()}
         base = self.hf.convert_ids_to_tokens([i if i not in inv else self.pad_id for i in ids])
         return [inv.get(i, t) for i, t in zip(ids, base, strict=True)]
+
+
+def _read_compounds(path: Path) -> tuple[list[str], dict[str, list[int]]]:
+    """Words (in id order) and the base pieces each replaced, from a ``compound_tokens.txt``."""
+    words: list[str] = []
+    pieces: dict[str, list[int]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        word, _, rest = line.partition("\t")
+        words.append(word)
+        pieces[word] = [int(x) for x in rest.split()] if rest else []
+    return words, pieces
 
 
 def _check_dir(path: str | Path) -> Path:

@@ -77,3 +77,22 @@ def test_truncation_config_validation() -> None:
 def test_missing_base_dir_says_how_to_fix(tmp_path: Path) -> None:
     with pytest.raises(ModelDirError, match="FINSENT_BASE_MODEL"):
         FinsentTokenizer.from_base(tmp_path / "nope")
+
+
+def test_model_dir_as_base_reuses_its_compound_tokens(tiny_model_dir: Path) -> None:
+    """A directory with compound tokens (a DAPT output or a finsent model) keeps their ids and trained rows;
+    only words it lacks are appended and mean-initialised."""
+    from classifier.modeling import load_model_dir
+
+    old_model, old_tok, _ = load_model_dir(tiny_model_dir)
+    model, tok = build_classifier(tiny_model_dir, ["a", "b", "c"], extra_words=["利好", "净利润"])
+    assert tok.compound_base_id == old_tok.compound_base_id
+    for w, i in old_tok.compound_ids.items():
+        assert tok.compound_ids[w] == i
+    assert tok.compound_words[: len(old_tok.compound_words)] == old_tok.compound_words
+    assert tok.compound_words[len(old_tok.compound_words):] == ["净利润"]
+    emb, old_emb = model.word_embeddings.weight, old_model.word_embeddings.weight
+    assert torch.equal(emb[: old_emb.shape[0]], old_emb)  # inherited rows untouched
+    new = tok.compound_ids["净利润"]
+    assert new == old_emb.shape[0]
+    torch.testing.assert_close(emb[new], emb[tok.compound_pieces["净利润"]].mean(0), rtol=0, atol=1e-7)

@@ -266,9 +266,6 @@ def test_pretrained_dir_loads_as_a_finetuning_base(pretrained: dict) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="needs core: FinsentTokenizer.from_base should reuse a base dir's compound_tokens.txt "
-                          "(see docs/pretraining.md); today fine-tuning re-adds the compounds as new rows",
-                   strict=False)
 def test_finetuning_reuses_the_pretrained_compound_embeddings(pretrained: dict) -> None:
     from classifier.labels import DEFAULT_LABELS
     from classifier.modeling import build_classifier
