@@ -155,24 +155,27 @@ def build(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T:
         raise ConfigError(f"{cls.__name__}: {e}") from None
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = ()) -> T:
-    """Defaults ← YAML file ← ``key=value`` overrides, validated into ``cls``."""
+def read_yaml_mapping(path: str | Path | None) -> dict[str, Any]:
+    """The ``key: value`` mapping of a YAML config file (``{}`` for ``None``), or ConfigError saying why not."""
     import yaml
 
-    values: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} not found: pass an existing YAML file with --config")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
-        if not isinstance(loaded, Mapping):
-            raise ConfigError(f"config file {p} must hold a mapping of key: value, got {type(loaded).__name__}")
-        values = dict(loaded)
-    values = _merge(values, parse_overrides(overrides))
-    return build(cls, values)
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} not found: pass an existing YAML file with --config")
+    try:
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+    if not isinstance(loaded, Mapping):
+        raise ConfigError(f"config file {p} must hold a mapping of key: value, got {type(loaded).__name__}")
+    return dict(loaded)
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = ()) -> T:
+    """Defaults ← YAML file ← ``key=value`` overrides, validated into ``cls``."""
+    return build(cls, _merge(read_yaml_mapping(path), parse_overrides(overrides)))
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

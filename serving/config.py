@@ -286,22 +286,9 @@ def make_config(values: Mapping[str, Any] | ServeConfig | None = None, **overrid
 
 def load_serve_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> ServeConfig:
     """Defaults ← YAML file ← ``key=value`` overrides (the project-wide convention), validated."""
-    import yaml
+    from classifier.config import parse_overrides, read_yaml_mapping
 
-    from classifier.config import parse_overrides
-
-    values: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} not found: pass an existing YAML file with --config")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
-        if not isinstance(loaded, Mapping):
-            raise ConfigError(f"config file {p} must hold a mapping of key: value, got {type(loaded).__name__}")
-        values = dict(loaded)
+    values = read_yaml_mapping(path)
     over = parse_overrides(overrides)
     nested = [k for k, v in over.items() if isinstance(v, dict)]
     if nested:
