@@ -33,12 +33,20 @@ install() {
 isolated() {
   export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
   export TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-  export TMPDIR="${FINSENT_TMPDIR:-$root/.tmp}"
-  mkdir -p "$TMPDIR"
+  # a short temp dir owned by this run: Ray puts Unix sockets under $TMPDIR (107-byte path limit) and leaves
+  # pymp-* folders behind
+  local tmp
+  tmp="${FINSENT_TMPDIR:-$(mktemp -d /tmp/finsent-XXXXXX)}"
+  mkdir -p "$tmp"
+  export TMPDIR="$tmp"
+  local rc=0
   if [ "${FINSENT_NO_NETNS:-0}" != 1 ] && command -v unshare >/dev/null && unshare -n true 2>/dev/null; then
-    exec unshare -n sh -c 'ip link set lo up 2>/dev/null || ifconfig lo up; exec "$@"' sh "$@"
+    unshare -n sh -c 'ip link set lo up 2>/dev/null || ifconfig lo up; exec "$@"' sh "$@" || rc=$?
+  else
+    "$@" || rc=$?
   fi
-  exec "$@"
+  [ -n "${FINSENT_TMPDIR:-}" ] || rm -rf "$tmp"
+  return "$rc"
 }
 
 cmd="${1:-test}"
