@@ -9,7 +9,7 @@ split of bench/forgetting.py, seed 42: train on the 80 % minus a 10 % dev slice,
 
 Pretraining runs `training/configs/pretrain.yaml` with --pretrain-set overrides; fine-tuning runs
 `training/configs/finetune.yaml` (without the extra CFSC file) with --finetune-set overrides, the same for
-both encoders. --quick: pretraining on the first 1M corpus characters for 80 steps; fine-tuning on
+both encoders. --quick: pretraining on the first 1M corpus characters for 80 steps (20 head-only); fine-tuning on
 3,000 FinFE / 1,200 CFSC examples for 1 epoch (evaluation always on the full FinFE dev and CFSC held-out sets).
 Results go to --out (default runs/bench/dapt): results.json and results.md.
 """
@@ -33,7 +33,8 @@ from forgetting import evaluate, finetune, machine, markdown_table, shared, spli
 
 log = logging.getLogger("bench.dapt")
 PRETRAIN_YAML = REPO / "training" / "configs" / "pretrain.yaml"
-QUICK_PRETRAIN = ["max_corpus_chars=1000000", "max_steps=80", "eval_every=40", "heldout_max_docs=200"]
+QUICK_PRETRAIN = ["max_corpus_chars=1000000", "max_steps=80", "head_warmup_steps=20", "eval_every=40",
+                  "heldout_max_docs=200"]
 
 
 def pretrain(out: Path, overrides: list[str]) -> tuple[Path, dict[str, Any]]:

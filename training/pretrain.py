@@ -114,6 +114,10 @@ class PretrainConfig:
                                    "steps (0 = constant)", default=0)
     freeze_layers: int = _help("freeze the embeddings (and the tied MLM decoder) and this many lowest layers "
                                "(0 = train all)", default=0)
+    head_warmup_steps: int = _help(
+        "train only the MLM head (transform, LayerNorm, decoder bias) for this many first steps when the base had "
+        "none, so a random head does not push random gradients into the encoder; the encoder's own warm-up + "
+        "decay schedule starts after them (0 = off; ignored when the checkpoint had a head)", default=0)
 
     # ------------------------------------------------------------------ run
     output_dir: str = _help("the exported encoder directory (use it as fine-tuning base_model), with the "
@@ -150,7 +154,7 @@ class PretrainConfig:
             if getattr(self, name) < 1:
                 raise bad(name, f"must be at least 1, got {getattr(self, name)}")
         for name in ("max_corpus_chars", "max_corpus_docs", "max_steps", "l2sp_anneal_steps", "freeze_layers",
-                     "eval_every", "max_failures"):
+                     "eval_every", "max_failures", "head_warmup_steps"):
             if getattr(self, name) < 0:
                 raise bad(name, f"must be >= 0, got {getattr(self, name)}")
         for name in ("weight_decay", "max_grad_norm", "l2sp"):
@@ -290,7 +294,12 @@ class PretrainRecipe:
         groups = param_groups(self.model, cfg.lr, cfg.weight_decay, cfg.layerwise_lr_decay,
                               head_prefix=head_prefix(self.model))
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
-        self.scheduler = build_scheduler(self.optimizer, self.total_steps, cfg.warmup_ratio)
+        self.head_warmup = 0 if self.head_loaded else min(cfg.head_warmup_steps, self.total_steps)
+        if self.head_warmup:
+            self.scheduler = head_first_scheduler(self.optimizer, self.total_steps, cfg.warmup_ratio,
+                                                  self.head_warmup)
+        else:
+            self.scheduler = build_scheduler(self.optimizer, self.total_steps, cfg.warmup_ratio)
         use_scaler = cfg.precision == "fp16" and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         if checkpoint_dir is not None:
@@ -419,6 +428,24 @@ class PretrainRecipe:
         return {"base_model": cfg.base_model, "corpus_files": list(cfg.corpus_files),
                 "corpus_chars": self.data_stats["corpus_chars"], "steps": self.progress["global_step"],
                 "max_len": cfg.max_len, "head_loaded_from_base": self.head_loaded}
+
+
+def head_first_scheduler(optimizer: torch.optim.Optimizer, total: int, warmup_ratio: float, head_steps: int
+                         ) -> torch.optim.lr_scheduler.LambdaLR:
+    """Head groups (``name`` starting with "head", see :func:`training.optim.param_groups`) follow the usual
+    warm-up + linear decay over all steps; the other groups stay at LR 0 for ``head_steps`` steps and then run
+    their own warm-up + decay over the remaining steps."""
+    from training.optim import warmup_linear
+
+    head = warmup_linear(total, int(round(total * warmup_ratio)))
+    rest_total = max(1, total - head_steps)
+    rest = warmup_linear(rest_total, int(round(rest_total * warmup_ratio)))
+
+    def encoder(step: int) -> float:
+        return 0.0 if step < head_steps else rest(step - head_steps)
+
+    lambdas = [head if str(g.get("name", "")).startswith("head") else encoder for g in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
 
 
 def _gen(seed: int, *parts: int) -> torch.Generator:

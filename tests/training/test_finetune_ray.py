@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from classifier.data import read_examples
+from classifier.errors import ConfigError
 from classifier.metrics import compute_metrics
 from classifier.predict import Predictor
 from training.checkpoint import MODEL_SUBDIR, read_progress
@@ -100,6 +101,8 @@ def test_crashed_run_resumes_from_its_last_checkpoint(tiny_config):
     assert list(before) == [0]
     saved_epoch0 = read_progress(before[0])["history"][0]
 
+    with pytest.raises(ConfigError, match=r"resume: epochs=4 \(the run used 3\)"):
+        run_finetune(dataclasses.replace(cfg, resume=True, epochs=4))
     result = run_finetune(dataclasses.replace(cfg, resume=True, debug_crash_after_epoch=None))
     rep = result.report
     assert rep["resumed"] is True and rep["run_name"] == record["run_name"]
@@ -122,8 +125,6 @@ def test_worker_crash_recovers_automatically(tiny_config):
 
 
 def test_existing_model_is_not_overwritten(tiny_config, tmp_path):
-    from classifier.errors import ConfigError
-
     out = tmp_path / "model"
     out.mkdir()
     (out / "model.safetensors").write_bytes(b"x")

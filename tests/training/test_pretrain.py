@@ -181,6 +181,28 @@ def test_recipe_freezes_layers_and_applies_l2sp(tiny_base_dir: Path, tmp_path: P
     assert recipe.l2sp is not None and all(not k.startswith("cls.") for k in recipe.l2sp.anchor)
 
 
+def test_head_warmup_trains_only_the_new_head_first(tiny_base_dir: Path, tmp_path: Path) -> None:
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(SENTENCES * 40) + "\n", encoding="utf-8")
+    cfg = PretrainConfig(corpus_files=[str(corpus)], base_model=str(tiny_base_dir), lexicon_files=[],
+                         extra_words=list(TINY_LEXICON), max_len=32, batch_size=8, num_workers=1, max_steps=4,
+                         lr=5e-3, heldout_fraction=0.05, head_warmup_steps=3, eval_at_start=False, progress=False)
+    recipe = PretrainRecipe(cfg)
+    recipe.setup()
+    enc0 = {k: v.detach().clone() for k, v in recipe.model.bert.named_parameters()}
+    head0 = recipe.model.cls.predictions.transform.dense.weight.detach().clone()
+    order = recipe.epoch_order(0)
+    from training.pretrain import Stats
+
+    for i in range(3):
+        recipe.train_step(0, i, order, Stats())
+    assert all(torch.equal(v, enc0[k]) for k, v in recipe.model.bert.named_parameters())  # encoder untouched
+    assert not torch.equal(recipe.model.cls.predictions.transform.dense.weight, head0)  # head trained
+    recipe.train_step(0, 3, order, Stats())
+    assert not torch.equal(recipe.model.bert.encoder.layer[0].output.dense.weight,
+                           enc0["encoder.layer.0.output.dense.weight"])  # then the encoder trains too
+
+
 # ------------------------------------------------------------------------------------------------ config
 def test_shipped_config_loads_and_bad_values_name_the_setting() -> None:
     from classifier.config import load_config
