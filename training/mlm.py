@@ -42,8 +42,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from classifier.errors import ConfigError, DataError, ModelDirError
+from classifier.modeling import add_compound_embeddings
 from classifier.text import Segmenter, normalize, read_lexicon
-from classifier.tokenization import COMPOUND_FILE, USERDICT_FILE, FinsentTokenizer, TruncationConfig
+from classifier.tokenization import COMPOUND_FILE, FinsentTokenizer, TruncationConfig
 
 log = logging.getLogger(__name__)
 
@@ -102,59 +103,13 @@ def load_tokenizer(base_dir: str | Path, lexicon_paths: Sequence[str | Path] = (
 
     base = Path(base_dir)
     trunc = TruncationConfig(max_len=max_len)
-    if (base / COMPOUND_FILE).is_file() and (base / USERDICT_FILE).is_file():
-        return _extend_saved_tokenizer(base, lexicon_paths, extra_words, trunc)
-    if compound_tokens:
+    if compound_tokens or (base / COMPOUND_FILE).is_file():  # the core keeps an encoder dir's compound ids
         return FinsentTokenizer.from_base(base, lexicon_paths, extra_words, trunc)
     words = [w for p in lexicon_paths for w in read_lexicon(p)] + [normalize(w) for w in extra_words]
     words = [w for w in dict.fromkeys(words) if w and " " not in w]
     hf = AutoTokenizer.from_pretrained(str(base))
     base_id = max(int(AutoConfig.from_pretrained(str(base)).vocab_size), len(hf))
     return FinsentTokenizer(hf, [], base_id, Segmenter((w, None) for w in words), trunc)
-
-
-def _extend_saved_tokenizer(base: Path, lexicon_paths: Sequence[str | Path], extra_words: Sequence[str],
-                            trunc: TruncationConfig) -> FinsentTokenizer:
-    """Tokenizer of an exported encoder directory plus the new multi-piece lexicon words (appended ids)."""
-    from transformers import AutoTokenizer
-
-    cfg = json.loads((base / "config.json").read_text(encoding="utf-8"))
-    hf = AutoTokenizer.from_pretrained(str(base))
-    section = cfg.get(PRETRAIN_SECTION) or cfg.get("finsent") or {}
-    if "compound_base_id" not in section:
-        raise ModelDirError(f"{base / 'config.json'} has {COMPOUND_FILE} beside it but no "
-                            f"{PRETRAIN_SECTION}.compound_base_id: re-export the encoder with `finsent pretrain`")
-    words: list[str] = []
-    pieces: dict[str, list[int]] = {}
-    for line in (base / COMPOUND_FILE).read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            w, _, rest = line.partition("\t")
-            words.append(w)
-            pieces[w] = [int(x) for x in rest.split()]
-    seg_words = [(w, f) for w, f in _read_userdict(base / USERDICT_FILE)]
-    new = [w for p in lexicon_paths for w in read_lexicon(p)] + [normalize(w) for w in extra_words]
-    known = {w for w, _ in seg_words}
-    new = [w for w in dict.fromkeys(new) if w and " " not in w and w not in known]
-    tok = FinsentTokenizer(hf, words, int(section["compound_base_id"]),
-                           Segmenter([*seg_words, *((w, None) for w in new)]), trunc, pieces)
-    if new:
-        encoded = tok._cont.encode_batch(new, add_special_tokens=False)  # as FinsentTokenizer.from_base does
-        for w, enc in zip(new, encoded, strict=True):
-            ids = [i for i in enc.ids if i not in tok.special_ids or i == hf.unk_token_id]
-            if len(ids) >= 2 and w not in tok.compound_ids:
-                words.append(w)
-                pieces[w] = ids
-        tok = FinsentTokenizer(hf, words, tok.compound_base_id, tok.segmenter, trunc, pieces)
-    return tok
-
-
-def _read_userdict(path: Path) -> list[tuple[str, int | None]]:
-    out: list[tuple[str, int | None]] = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        parts = line.split(" ")
-        if parts and parts[0]:
-            out.append((parts[0], int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None))
-    return out
 
 
 # ------------------------------------------------------------------------------------------------ encoding
@@ -387,30 +342,19 @@ def build_mlm_model(base_dir: str | Path, tokenizer: FinsentTokenizer) -> tuple[
 
 
 def grow_compound_embeddings(model: nn.Module, tokenizer: FinsentTokenizer) -> int:
-    """Grow the (tied) embedding matrix to ``tokenizer.vocab_size`` rows; each *new* compound row (and its MLM
-    decoder bias) starts as the mean of the rows of the pieces it replaced. Returns the number of new rows."""
-    emb = model.get_input_embeddings()
-    rows = emb.weight.shape[0]
-    if rows < tokenizer.compound_base_id:
-        raise ModelDirError(f"the encoder has {rows} embedding rows but compound tokens start at "
-                            f"{tokenizer.compound_base_id}: tokenizer and checkpoint do not belong together")
-    if rows > tokenizer.vocab_size:
-        raise ModelDirError(f"the encoder has {rows} embedding rows, more than the tokenizer's {tokenizer.vocab_size}")
-    if rows == tokenizer.vocab_size:
-        return 0
-    model.resize_token_embeddings(tokenizer.vocab_size, mean_resizing=False)
-    weight = model.get_input_embeddings().weight
+    """Grow the (tied) embedding matrix to ``tokenizer.vocab_size`` rows as fine-tuning does
+    (:func:`classifier.modeling.add_compound_embeddings`: each *new* compound row starts as the mean of its pieces'
+    rows) and start the MLM decoder bias of those rows the same way. Returns the number of new rows."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    add_compound_embeddings(model, tokenizer)
     out = model.get_output_embeddings()
     bias = getattr(out, "bias", None) if out is not None else None
-    with torch.no_grad():
-        for word in tokenizer.compound_words:
-            row = tokenizer.compound_ids[word]
-            if row < rows:
-                continue
-            pieces = tokenizer.compound_pieces[word]
-            weight[row] = weight[pieces].mean(dim=0)
-            if bias is not None and bias.shape[0] == weight.shape[0]:
-                bias[row] = bias[pieces].mean()
+    if bias is not None and bias.shape[0] == tokenizer.vocab_size > rows:
+        with torch.no_grad():
+            for word in tokenizer.compound_words:
+                row = tokenizer.compound_ids[word]
+                if row >= rows:
+                    bias[row] = bias[tokenizer.compound_pieces[word]].mean()
     return tokenizer.vocab_size - rows
 
 
