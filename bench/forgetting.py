@@ -23,10 +23,10 @@ Run (Ray needs a private network namespace here, see ../shared/notes/ray.md):
 and CFSC held-out sets). Everything lands in --out (default runs/bench/forgetting): the split files, one model
 directory per run, results.json and results.md.
 
-Settings of note (documented in docs/pretraining.md): compound tokens are off (lexicon_files=[]) in both
-tasks, because fine-tuning from a finsent model directory would add them a second time; task 2 starts a
-fresh linear head (fine-tuning has no "continue from a model directory" mode), so the head's Fisher entries are
-dropped for EWC.
+Task 2 continues the task-1 model directory itself (`init_model`: its encoder, compound tokens and linear head),
+so EWC's Fisher and L2-SP's anchor cover everything task 1 trained. `--task1-model DIR` reuses a finished FinFE
+model (e.g. the `nofgm` model of bench/finetune_quality.py, trained with finetune.yaml on the full FinFE train
+set) instead of training task 1 again; its Fisher is then estimated here on FinFE train.
 """
 
 from __future__ import annotations
@@ -108,15 +108,22 @@ def lst(paths: list[Path] | list[str]) -> str:
     return "[" + ",".join(str(p) for p in paths) + "]"
 
 
-def encoder_fisher(src: Path, dst: Path) -> tuple[Path, float]:
-    """Drop the linear head's entries (task 2 starts a new head); returns the file and the mean Fisher value."""
-    from training.forgetting import load_fisher, save_fisher
+def task1_fisher(model_dir: Path, overrides: list[str], dst: Path) -> Path:
+    """The diagonal Fisher of a finished task-1 model on its train data, as `save_fisher=true` writes it."""
+    from classifier.config import load_config
+    from training.config import FinetuneConfig, resolve_paths
+    from training.finetune import write_fisher
 
-    fisher = {k: v for k, v in load_fisher(src).items() if not k.startswith("classifier.")}
-    total = sum(float(v.sum()) for v in fisher.values())
-    count = sum(v.numel() for v in fisher.values())
-    save_fisher(fisher, dst)
-    return dst, total / max(count, 1)
+    cfg = resolve_paths(load_config(FinetuneConfig, FINETUNE_YAML, overrides))
+    return write_fisher(cfg, model_dir, dst)
+
+
+def mean_fisher(path: Path) -> float:
+    """Mean Fisher value over every weight (EWC's ``auto`` coefficient is set from it)."""
+    from training.forgetting import load_fisher
+
+    fisher = load_fisher(path)
+    return sum(float(v.sum()) for v in fisher.values()) / max(1, sum(v.numel() for v in fisher.values()))
 
 
 def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -168,28 +175,47 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     splits = split_cfsc(data_dir, seed=args.seed)
     finfe = shared() / "data" / "finfe"
     evalsets = {"finfe_dev": finfe / "dev.txt", "cfsc_heldout": splits["cfsc_heldout"]}
-    common = [f"seed={args.seed}", "extra_train_files=[]", "lexicon_files=[]", f"storage_path={out / 'ray'}",
+    common = [f"seed={args.seed}", "extra_train_files=[]", f"storage_path={out / 'ray'}",
               "overwrite=true", "log_every=50", *(["base_model=" + args.base_model] if args.base_model else []),
               *args.set]
     t1 = ["epochs=1", "max_train_examples=3000", "fisher_max_batches=50"] if args.quick else []
     t2 = ["epochs=2", "max_train_examples=1200"] if args.quick else []
     results: dict[str, Any] = {"quick": args.quick, "methods": {}, "machine": machine(),
                                "settings": {"common": common, "task1": t1, "task2": t2}}
-
-    log.info("task 1: FinFE")
-    task1, wall1 = finetune([*common, *t1, f"train_files=[{finfe / 'train.txt'}]", f"dev_file={finfe / 'dev.txt'}",
-                             "save_fisher=true", f"output_dir={out / 'task1'}"])
-    before = evaluate(task1, evalsets)
-    results["task1"] = {"model_dir": str(task1), "wall_s": round(wall1), "eval": before}
-    log.info("task 1 done in %.0f s: %s", wall1, before)
-    fisher_file, fisher_mean = encoder_fisher(task1 / "fisher.safetensors", out / "fisher_encoder.safetensors")
+    previous = out / "results.json"
+    if args.resume and previous.is_file():  # keep task 1 and the methods already run
+        results = json.loads(previous.read_text(encoding="utf-8"))
+        saved = results["settings"]  # task 1 is reused as it was run; task 2 runs must match
+        if (saved["common"], saved["task2"]) != (common, t2):
+            raise SystemExit(f"--resume: {previous} was made with other settings; use another --out")
+        log.info("resuming: task 1 and %s already done", list(results["methods"]))
+    if "task1" not in results:
+        log.info("task 1: FinFE")
+        t1_files = [f"train_files=[{finfe / 'train.txt'}]", f"dev_file={finfe / 'dev.txt'}"]
+        if args.task1_model:  # a finished FinFE model: only its Fisher is computed here
+            task1, wall1 = Path(args.task1_model).absolute(), float(
+                json.loads((Path(args.task1_model) / "training_report.json").read_text(encoding="utf-8"))["wall_time_s"])
+            task1_fisher(task1, [*common, *t1, *t1_files], out / "fisher_task1.safetensors")
+        else:
+            task1, wall1 = finetune([*common, *t1, *t1_files, "save_fisher=true", f"output_dir={out / 'task1'}"])
+            (task1 / "fisher.safetensors").replace(out / "fisher_task1.safetensors")
+        before = evaluate(task1, evalsets)
+        results["task1"] = {"model_dir": str(task1), "wall_s": round(wall1), "eval": before,
+                            "reused": bool(args.task1_model)}
+        log.info("task 1 done in %.0f s: %s", wall1, before)
+        previous.write_text(json.dumps(results, ensure_ascii=False, indent=1), encoding="utf-8")
+    task1 = Path(results["task1"]["model_dir"])
+    fisher_file = out / "fisher_task1.safetensors"
+    fisher_mean = mean_fisher(fisher_file)
     l2sp_ref = next((float(m.split(":")[1]) for m in args.methods if m.startswith("l2sp:")), 1.0)
     results["fisher_mean"] = fisher_mean
 
     for method in args.methods:
+        if method in results["methods"]:
+            continue
         extra, label = method_overrides(method, fisher_file, fisher_mean, l2sp_ref, finfe / "train.txt")
         log.info("task 2 (%s)", label)
-        model_dir, wall = finetune([*common, *t2, f"base_model={task1}", f"train_files=[{splits['cfsc_train']}]",
+        model_dir, wall = finetune([*common, *t2, f"init_model={task1}", f"train_files=[{splits['cfsc_train']}]",
                                     f"dev_file={splits['cfsc_dev']}", f"output_dir={out / ('task2-' + method.replace(':', '-'))}",
                                     *extra])
         after = evaluate(model_dir, evalsets)
@@ -224,9 +250,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="methods to compare (none, l2sp:C, ewc:L|auto, rehearsal:F, freeze:K)")
     p.add_argument("--out", default="runs/bench/forgetting", help="work and result directory")
     p.add_argument("--base-model", default=None, help="encoder to start task 1 from (default: the shared base)")
+    p.add_argument("--task1-model", default=None,
+                   help="reuse this finished FinFE model directory as task 1 (its Fisher is estimated here)")
     p.add_argument("--seed", type=int, default=42, help="seed of the CFSC split and of every run")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="FinetuneConfig overrides for every run (e.g. lr=5e-5 num_workers=1)")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse task 1 and the finished methods of an interrupted run in --out (same settings)")
     p.add_argument("--table-only", action="store_true", help="print the table of an earlier --out/results.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,6 +1,6 @@
 """Fine-tune a finsent classifier on Ray Train (``TorchTrainer``), then export the best checkpoint.
 
-Launch (see docs/training.md)::
+Launch (see the README, "Fine-tuning on Ray Train")::
 
     python -m training finetune --config training/configs/finetune.yaml epochs=3 adversarial=fgm
     ray job submit --working-dir . -- python -m training finetune --config training/configs/finetune.yaml
@@ -81,6 +81,11 @@ from training.optim import build_optimizer, build_scheduler
 log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
+#: settings a resumed run must share with the run it continues (data, model, batching, schedule)
+RESUME_MUST_MATCH: tuple[str, ...] = (
+    "train_files", "extra_train_files", "dev_file", "max_train_examples", "base_model", "init_model",
+    "lexicon_files", "extra_words", "labels", "max_len", "head_tokens", "batch_size", "grad_accum", "epochs",
+    "seed", "rehearsal_files", "rehearsal_fraction")
 
 
 # ============================================================================ setup (plain functions)
@@ -233,6 +238,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any] | None:
     model, tokenizer, meta = build_model(cfg)
     data = load_finetune_data(cfg)
     train_ds, dev_ds = encode_data(data, tokenizer, labels)
+    torch.manual_seed(cfg.seed + 1000 * rank)  # same init everywhere (above), different dropout per worker
     if cfg.freeze_layers:
         from training.forgetting import freeze_lowest_layers
 
@@ -338,6 +344,13 @@ def plan_run(cfg: FinetuneConfig) -> tuple[FinetuneConfig, bool]:
                                   "run (resume=false) or give run_name=... and storage_path=... of the run")
             saved = json.loads(record.read_text(encoding="utf-8"))
             cfg = dataclasses.replace(cfg, run_name=saved["run_name"], storage_path=saved["storage_path"])
+            changed = [k for k in RESUME_MUST_MATCH
+                       if k in saved.get("config", {}) and saved["config"][k] != to_dict(cfg)[k]]
+            if changed:
+                raise ConfigError("resume: " + ", ".join(f"{k}={to_dict(cfg)[k]!r} (the run used {saved['config'][k]!r})"
+                                                          for k in changed)
+                                  + " differ from the run being resumed; resume with its settings (see "
+                                  f"{record}) or start a new run")
         run_dir = Path(cfg.storage_path) / str(cfg.run_name)
         if not run_dir.is_dir():
             raise ConfigError(f"resume: run directory {run_dir} not found; check run_name and storage_path")
@@ -390,8 +403,8 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / RUN_FILE).write_text(json.dumps({"run_name": cfg.run_name, "storage_path": cfg.storage_path,
-                                            "started": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1),
-                                encoding="utf-8")
+                                            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "config": to_dict(cfg)},
+                                           ensure_ascii=False, indent=1), encoding="utf-8")
     log.info("run %s%s: %d workers (%s), storage %s", cfg.run_name, " (resumed)" if resumed else "",
              cfg.num_workers, "GPU" if use_gpu else f"{cfg.cpus_per_worker} CPU each", cfg.storage_path)
     trainer = TorchTrainer(
@@ -455,8 +468,9 @@ def export_best(result: Any, cfg: FinetuneConfig, data_summary: dict[str, Any], 
     return report
 
 
-def write_fisher(cfg: FinetuneConfig, model_dir: Path) -> Path:
-    """Estimate the diagonal Fisher of the exported model on this run's train data (for a later run's EWC)."""
+def write_fisher(cfg: FinetuneConfig, model_dir: Path, path: Path | None = None) -> Path:
+    """Estimate the diagonal Fisher of the exported model on this run's train data (for a later run's EWC);
+    written to ``path`` (default ``model_dir/fisher.safetensors``)."""
     from training.forgetting import estimate_fisher, save_fisher
 
     model, tokenizer, meta = load_model_dir(model_dir)
@@ -470,7 +484,7 @@ def write_fisher(cfg: FinetuneConfig, model_dir: Path) -> Path:
         return criterion(m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]), batch["labels"])
 
     fisher = estimate_fisher(model, batches, loss_fn, cfg.fisher_max_batches)
-    path = model_dir / "fisher.safetensors"
+    path = Path(path) if path is not None else model_dir / "fisher.safetensors"
     save_fisher(fisher, path)
     log.info("wrote %s", path)
     return path

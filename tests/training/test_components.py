@@ -272,6 +272,12 @@ def test_init_model_and_forgetting_controls_are_wired(tiny_model_dir, synthetic_
 
     fisher_path = write_fisher(cfg, prev)
     assert fisher_path == prev / "fisher.safetensors" and fisher_path.stat().st_size > 0
+    elsewhere = write_fisher(cfg, prev, tmp_path / "f2.safetensors")  # e.g. bench/forgetting.py --task1-model
+    from training.forgetting import load_fisher
+
+    a, b = load_fisher(fisher_path), load_fisher(elsewhere)
+    assert elsewhere == tmp_path / "f2.safetensors" and a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a) and "classifier.weight" in a  # the head's Fisher is kept
     cfg2 = FinetuneConfig(**{**cfg.__dict__, "l2sp": 0.1, "ewc": 2.0, "ewc_fisher": str(fisher_path)})
     pen = build_penalties(cfg2, model)
     assert pen.l2sp is not None and pen.ewc is not None
