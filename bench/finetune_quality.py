@@ -1,7 +1,7 @@
 """Fine-tuning quality on the dev set, side by side: the default recipe with FGM, without FGM, and a TF-IDF
 char 1-3-gram + class-balanced LogisticRegression baseline trained on the same files.
 
-    # inside a private network namespace on this machine (see docs/training.md)
+    # inside a private network namespace on this machine (see the README, "Fine-tuning on Ray Train")
     python bench/finetune_quality.py                      # trains both variants (~1-2 h on 2 CPU cores)
     python bench/finetune_quality.py --reuse              # reuse runs/quality/{fgm,nofgm} if already exported
     python bench/finetune_quality.py --only tfidf         # just the baseline (seconds)

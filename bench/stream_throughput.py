@@ -14,7 +14,7 @@ Phases:
    p50/p99 of send → output read.
 
 Starts an embedded broker unless ``--bootstrap-servers`` is given. Run it inside a network namespace on
-shared machines (see docs/stream.md). The other load on the machine shows in the numbers: the load average
+shared machines (see the README, "Stream"). The other load on the machine shows in the numbers: the load average
 is printed.
 """
 
