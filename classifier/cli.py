@@ -17,6 +17,8 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="where report.json and confusion PNGs go (default: <model>/eval)")
     p.add_argument("--batch-size", type=int, default=64, help="texts per forward pass")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--quantize", choices=["none", "int8"], default="none",
+                   help="int8: dynamic int8 Linear layers on CPU, as serving's quantize=int8 (measure its cost here)")
     p.add_argument("--on-error", choices=["skip", "raise"], default="skip",
                    help="bad data lines: skip and count them (default) or stop at the first")
     p.add_argument("--perturb", nargs="*", type=float, default=None, metavar="RATE",
@@ -30,7 +32,8 @@ def evaluate(args: argparse.Namespace) -> int:
     from classifier.metrics import compute_metrics, format_report, plot_confusion, save_report
     from classifier.predict import Predictor
 
-    predictor = Predictor.from_dir(args.model, device=args.device, batch_size=args.batch_size)
+    predictor = Predictor.from_dir(args.model, device=args.device, batch_size=args.batch_size,
+                                   quantize=args.quantize)
     out_dir = Path(args.out) if args.out else Path(args.model) / "eval"
     report: dict = {"model_version": predictor.model_version, "files": {}}
     for path in args.data:
@@ -65,6 +68,8 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("texts", nargs="*", help="texts to classify; none → read one text a line from stdin")
     p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--quantize", choices=["none", "int8"], default="none",
+                   help="int8: dynamic int8 Linear layers on CPU, as serving's quantize=int8 (measure its cost here)")
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -77,7 +82,8 @@ def predict(args: argparse.Namespace) -> int:
     if not texts:
         print("no text given: pass texts as arguments or one a line on stdin", file=sys.stderr)
         return 2
-    predictor = Predictor.from_dir(args.model, device=args.device, batch_size=args.batch_size)
+    predictor = Predictor.from_dir(args.model, device=args.device, batch_size=args.batch_size,
+                                   quantize=args.quantize)
     for text, pred in zip(texts, predictor.predict(texts), strict=True):
         print(json.dumps({"text": text, **pred}, ensure_ascii=False))
     return 0

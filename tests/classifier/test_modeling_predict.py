@@ -138,3 +138,18 @@ def test_int8_quantized_predictor_agrees_with_fp32(tiny_model_dir: Path) -> None
     assert (a - b).abs().max().item() < 0.02
     with pytest.raises(ConfigError, match="quantize"):
         Predictor.from_dir(tiny_model_dir, device="cpu", quantize="int4")
+
+
+def test_cli_predict_int8_matches_the_int8_predictor(tiny_model_dir: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    r = subprocess.run(
+        [sys.executable, "-m", "finsent", "predict", "--model", str(tiny_model_dir), "--device", "cpu",
+         "--quantize", "int8", "利好消息", "股价暴跌"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    expected = Predictor.from_dir(tiny_model_dir, device="cpu", quantize="int8").predict(["利好消息", "股价暴跌"])
+    assert [row["model_version"] for row in rows] == [e["model_version"] for e in expected]
+    assert rows[0]["model_version"].endswith("+int8")
+    assert [row["probabilities"] for row in rows] == [e["probabilities"] for e in expected]
