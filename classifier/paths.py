@@ -22,6 +22,18 @@ def shared_dir() -> Path:
     return REPO_ROOT.parent / "shared"
 
 
+def shared_hint() -> str:
+    """Where ``$FINSENT_SHARED`` points now, and, inside a Ray job (whose working directory is a copy, so
+    ``../shared`` beside it does not exist), how to set it: for "file not found" messages."""
+    where = os.environ.get("FINSENT_SHARED")
+    text = f"$FINSENT_SHARED is {where}" if where else f"$FINSENT_SHARED is unset, so {shared_dir()} is used"
+    if os.environ.get("RAY_JOB_ID") or "runtime_resources" in str(REPO_ROOT):
+        text += ("; this runs as a Ray job in a copy of the working directory: export FINSENT_SHARED=/abs/path/shared "
+                 "before `ray start`, or submit with --runtime-env-json '{\"env_vars\": {\"FINSENT_SHARED\": "
+                 "\"/abs/path/shared\"}}', or give absolute paths")
+    return text
+
+
 def default_base_model(explicit: str | Path | None = None) -> Path:
     """The base encoder: ``explicit`` → ``$FINSENT_BASE_MODEL`` → ``<shared>/models/me5-small-zh-fin``."""
     cand = explicit or os.environ.get("FINSENT_BASE_MODEL") or shared_dir() / "models" / "me5-small-zh-fin"

@@ -318,13 +318,15 @@ class FinetuneResult:
 
 def check_inputs(cfg: FinetuneConfig) -> None:
     """Fail before starting Ray when a file the run needs is missing (the message names the field)."""
+    from classifier.paths import shared_hint
+
     for name in ("train_files", "extra_train_files", "rehearsal_files", "lexicon_files"):
         for p in getattr(cfg, name) or []:
             if not Path(p).is_file():
                 raise DataError(f"{name}: {p} not found; fix the path (relative paths start at the working "
-                                "directory, $FINSENT_SHARED is ../shared)")
+                                f"directory; {shared_hint()})")
     if not Path(cfg.dev_file).is_file():
-        raise DataError(f"dev_file: {cfg.dev_file} not found; fix the path")
+        raise DataError(f"dev_file: {cfg.dev_file} not found; fix the path ({shared_hint()})")
     if cfg.init_model and not (Path(cfg.init_model) / WEIGHTS_FILE).is_file():
         raise ModelDirError(f"init_model: {Path(cfg.init_model) / WEIGHTS_FILE} not found; give a finsent model "
                             "directory exported by `finsent finetune`")

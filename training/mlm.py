@@ -43,6 +43,7 @@ from torch import nn
 
 from classifier.errors import ConfigError, DataError, ModelDirError
 from classifier.modeling import add_compound_embeddings
+from classifier.paths import shared_hint
 from classifier.text import Segmenter, normalize, read_lexicon
 from classifier.tokenization import COMPOUND_FILE, FinsentTokenizer, TruncationConfig
 
@@ -61,7 +62,8 @@ def read_corpus(files: Sequence[str | Path], max_chars: int = 0, max_docs: int =
     chars = 0
     for f in map(Path, files):
         if not f.is_file():
-            raise DataError(f"corpus file {f} not found: set corpus_files=[...] to existing text files")
+            raise DataError(f"corpus file {f} not found: set corpus_files=[...] to existing text files "
+                            f"({shared_hint()})")
         with f.open(encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 line = line.strip()

@@ -61,3 +61,15 @@ def test_shared_sets_read_cleanly(shared_dir: Path) -> None:
     d = read_examples(shared_dir / "data" / "finfe" / "dev.txt")
     assert len(d) == 1331 and not d.bad
     assert d.label_counts() == {"其他": 288, "利多": 758, "利空": 285}
+
+
+def test_shared_hint_says_how_to_set_the_shared_dir_inside_a_ray_job(monkeypatch) -> None:
+    from classifier.paths import shared_hint
+
+    monkeypatch.setenv("FINSENT_SHARED", "/data/shared")
+    monkeypatch.delenv("RAY_JOB_ID", raising=False)
+    assert shared_hint() == "$FINSENT_SHARED is /data/shared"
+    monkeypatch.setenv("RAY_JOB_ID", "02000000")
+    hint = shared_hint()
+    assert hint.startswith("$FINSENT_SHARED is /data/shared; this runs as a Ray job")
+    assert "export FINSENT_SHARED=" in hint and "--runtime-env-json" in hint
