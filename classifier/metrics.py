@@ -86,6 +86,13 @@ def plot_confusion(m: dict[str, Any], path: str | Path, title: str = "") -> Path
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title or f"acc {m['accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}", fontsize=9)
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Lay out, write (creating the folder) and close a matplotlib figure; returns the path."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)

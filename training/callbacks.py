@@ -95,12 +95,9 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path, select_metr
     for ax in (ax1, ax2):
         ax.set_xticks(epochs)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p)
-    plt.close(fig)
-    return p
+    from classifier.metrics import save_figure
+
+    return save_figure(fig, path)
 
 
 def select_best(history: Sequence[dict[str, Any]], select_metric: str) -> dict[str, Any] | None:

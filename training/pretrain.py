@@ -671,11 +671,9 @@ def plot_curves(history: Sequence[dict[str, Any]], train_curve: Sequence[Sequenc
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    from classifier.metrics import save_figure
+
+    return save_figure(fig, path)
 
 
 # ================================================================================================ CLI
