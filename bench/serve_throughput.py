@@ -81,7 +81,8 @@ def prepare_model(args: argparse.Namespace, workdir: Path) -> Path:
         log.info("no --model and no base encoder: benchmarking the tiny random model")
         return make_tiny_model_dir(workdir / "tiny")
     from classifier.labels import DEFAULT_LABELS
-    from classifier.modeling import ModelMeta, build_classifier, save_model_dir
+    from classifier.modeldir import ModelMeta, save_model_dir
+    from classifier.modeling import build_classifier
     from classifier.tokenization import TruncationConfig
 
     trunc = TruncationConfig(max_len=128)
@@ -154,7 +155,7 @@ def hf_pipeline(model_dir: Path) -> Callable[[str], Any]:
     from transformers.modeling_outputs import SequenceClassifierOutput
     from transformers.utils import logging as hf_logging
 
-    from classifier.modeling import load_model_dir
+    from classifier.modeldir import load_model_dir
 
     model, tok, _ = load_model_dir(model_dir, "cpu")
 

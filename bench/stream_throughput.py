@@ -1,8 +1,10 @@
-"""Raw predictor throughput vs the stream end to end (produce → labelled record readable), in one run.
+"""Raw predictor throughput vs the stream end to end (produce → labelled record readable), and the cost of
+the drift alarm + review routing, in one run.
 
     cd /work/main && mkdir -p /tmp/stream-tmp && unshare -n sh -c 'ip link set lo up && \\
         TMPDIR=/tmp/stream-tmp .venv/bin/python bench/stream_throughput.py'              # tiny random model
     ... bench/stream_throughput.py --model runs/finetune/best --records 2000              # a real model
+    ... bench/stream_throughput.py --records 300 --latency-records 50 --drift-rounds 1    # a quick check
 
 Phases:
 1. raw: ``Predictor.predict`` on the texts, cut into chunks of ``--batch-size`` (what one poll hands the
@@ -12,6 +14,16 @@ Phases:
    send). Its latencies include queueing behind the backlog.
 3. stream, latency: ``--latency-records`` records produced at ``--latency-load`` × the phase-2 throughput;
    p50/p99 of send → output read.
+4. drift + review cost: ``--drift-rounds`` rounds of two fresh workers on fresh topics, one with the drift
+   alarm and review routing off, one with them on (order alternating between rounds), ``--records`` records
+   each; compared by end-to-end throughput and by worker throughput (records / the worker's summed batch
+   time, which leaves out group joins and the producer: the steadier measure on a busy machine). The issue's
+   target: on/off >= 0.95.
+
+Phases 2 and 3 run with drift and review ON, as ``finsent stream`` does by default. The review threshold is
+the ``--review-share`` quantile of the model's top probabilities on these texts (so about that share of records
+is also produced to the review topic, as with a trained model at the default 0.5; the tiny random model is
+~37 % sure of everything, so the default threshold would send it all) unless ``--review-threshold`` is given.
 
 Starts an embedded broker unless ``--bootstrap-servers`` is given. Run it inside a network namespace on
 shared machines (see the README, "Stream"). The other load on the machine shows in the numbers: the load average
@@ -51,6 +63,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="CPU threads of the predictor, in both phases (default: torch's); 1 is far faster on an "
                         "oversubscribed machine")
     p.add_argument("--bootstrap-servers", default=None, help="use this Kafka instead of an embedded broker")
+    p.add_argument("--drift-rounds", type=int, default=2,
+                   help="rounds of the drift+review on/off comparison (two workers each); 0 = skip phase 4")
+    p.add_argument("--review-share", type=float, default=0.1,
+                   help="share of records the review threshold is set to catch (see above)")
+    p.add_argument("--review-threshold", type=float, default=None,
+                   help="review threshold to use instead of the --review-share quantile")
     return p.parse_args(argv)
 
 
@@ -124,6 +142,32 @@ def produce(producer, topic: str, texts: list[str], tag: str, rate: float | None
     return sent
 
 
+def bookkeeping_us(predictions: list[dict], batch_size: int, review_threshold: float, repeat: int = 10) -> float:
+    """Microseconds per record of the runner's drift + review work (DriftMonitor.update per batch, the review
+    check per record) on these predictions, fed ``repeat`` times at 10 records/s of simulated time."""
+    from classifier.drift import DriftConfig, DriftMonitor
+    from stream.review import needs_review
+
+    monitor = DriftMonitor(DriftConfig())
+    n = 0
+    started = time.perf_counter()
+    for r in range(repeat):
+        for i in range(0, len(predictions), batch_size):
+            batch = predictions[i : i + batch_size]
+            sum(needs_review(p, review_threshold) for p in batch)
+            monitor.update(batch, now=(r * len(predictions) + i) / 10.0)
+            n += len(batch)
+    return 1e6 * (time.perf_counter() - started) / n
+
+
+def worker_rate(log_text: str) -> tuple[float, int, int]:
+    """(records / summed batch seconds, records, review records) from a worker's per-batch log lines."""
+    rows = re.findall(r": (\d+) records → (\d+) labelled \((\d+) review\), \d+ dlq in (\d+) ms", log_text)
+    records = sum(int(r[0]) for r in rows)
+    busy_ms = sum(int(r[3]) for r in rows)
+    return (1000.0 * records / busy_ms if busy_ms else float("nan")), records, sum(int(r[2]) for r in rows)
+
+
 def worker_time_split(log_text: str) -> dict[str, float]:
     """Share of the worker's batch time in classify / acks / commit, from its per-batch log lines."""
     rows = re.findall(r"in (\d+) ms \(classify (\d+), acks (\d+), commit (\d+)\)", log_text)
@@ -135,6 +179,59 @@ def worker_time_split(log_text: str) -> dict[str, float]:
 
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+def start_worker(bootstrap: str, topic_in: str, topic_out: str, group: str, model_dir: str,
+                 args: argparse.Namespace, settings: list[str], log_path: Path) -> subprocess.Popen:
+    """A ``finsent stream`` worker process (key=value settings), its output going to ``log_path``."""
+    cmd = [
+        sys.executable, "-m", "stream", "stream", f"bootstrap_servers={bootstrap}", f"input_topic={topic_in}",
+        f"output_topic={topic_out}", f"group_id={group}", f"model_dir={model_dir}",
+        f"batch_size={args.batch_size}", f"predict_batch_size={args.predict_batch_size}",
+        "session_timeout_ms=6000", "heartbeat_interval_ms=2000", "poll_timeout_ms=100", *settings,
+    ]
+    if args.torch_threads is not None:
+        cmd.append(f"torch_threads={args.torch_threads}")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with log_path.open("wb") as log:
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop_worker(worker: subprocess.Popen) -> None:
+    worker.send_signal(signal.SIGTERM)
+    try:
+        worker.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+
+
+def new_topics(bootstrap: str, partitions: int, name: str) -> tuple[str, str, str]:
+    from stream.admin import ensure_topics
+
+    tag = f"{name}-{uuid.uuid4().hex[:6]}"
+    topic_in, topic_out, group = f"bench-in-{tag}", f"bench-out-{tag}", f"bench-{tag}"
+    ensure_topics({"bootstrap_servers": [bootstrap]}, [topic_in, topic_out, topic_in + ".dlq"], partitions=partitions)
+    return topic_in, topic_out, group
+
+
+def drift_run(bootstrap: str, producer, texts: list[str], model_dir: str, args: argparse.Namespace,
+              settings: list[str], log_path: Path, name: str) -> dict[str, float]:
+    """One worker on fresh topics: end-to-end and worker throughput over ``texts`` (after a warm-up record)."""
+    topic_in, topic_out, group = new_topics(bootstrap, args.partitions, name)
+    worker = start_worker(bootstrap, topic_in, topic_out, group, model_dir, args, settings, log_path)
+    reader = OutputReader(bootstrap, topic_out)
+    reader.start()
+    try:
+        reader.wait_for(set(produce(producer, topic_in, texts[:1], f"warm-{name}", None)), timeout_s=120)
+        sent = produce(producer, topic_in, texts, f"{name}", None)
+        reader.wait_for(set(sent), timeout_s=600)
+        e2e = len(sent) / (max(reader.seen[k] for k in sent) - min(sent.values()))
+    finally:
+        stop_worker(worker)
+        reader.close()
+    rate, records, review = worker_rate(log_path.read_text(encoding="utf-8", errors="replace"))
+    alerts = log_path.read_text(encoding="utf-8", errors="replace").count("DRIFT ALERT")
+    return {"e2e": e2e, "worker": rate, "records": records, "review": review, "alerts": alerts}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,53 +260,59 @@ def main(argv: list[str] | None = None) -> int:
     predictor = Predictor.from_dir(model_dir, device="cpu", batch_size=args.predict_batch_size)
     raw_before = raw_throughput(predictor, texts[: args.records], args.batch_size)
     print(f"raw predictor: {raw_before:,.0f} texts/s", flush=True)
+    review_threshold = args.review_threshold
+    if review_threshold is None:
+        import numpy as np
+
+        top = [max(p["probabilities"].values()) for p in predictor.predict(texts[: args.records])]
+        review_threshold = float(np.quantile(top, args.review_share))
+    cost_us = bookkeeping_us(predictor.predict(texts[: args.records]), args.batch_size, review_threshold)
+    print(f"drift+review bookkeeping in process: {cost_us:.1f} µs/record = {cost_us * raw_before / 1e6:.1%} of the "
+          f"raw predictor's {1e6 / raw_before:,.0f} µs/record", flush=True)
+    on = [f"review_threshold={review_threshold!r}"]  # drift alarm: on by default
+    off = ["review_threshold=null", "drift.enabled=false"]
+    print(f"drift+review on: drift defaults, review_threshold={review_threshold:.6g} "
+          f"(~{args.review_share:.0%} of records)", flush=True)
 
     broker = None if args.bootstrap_servers else EmbeddedBroker().start()
     bootstrap = args.bootstrap_servers or broker.bootstrap  # type: ignore[union-attr]
-    tag = uuid.uuid4().hex[:6]
-    topic_in, topic_out, group = f"bench-in-{tag}", f"bench-out-{tag}", f"bench-{tag}"
-    from stream.admin import ensure_topics
-
-    ensure_topics({"bootstrap_servers": [bootstrap]}, [topic_in, topic_out, topic_in + ".dlq"],
-                  partitions=args.partitions)
+    topic_in, topic_out, group = new_topics(bootstrap, args.partitions, "main")
     log_path = tmp / "stream.log"
-    cmd = [
-        sys.executable, "-m", "stream", "stream", "--bootstrap-servers", bootstrap, "--input-topic", topic_in,
-        "--output-topic", topic_out, "--group-id", group, "--model-dir", model_dir,
-        "--batch-size", str(args.batch_size), "--predict-batch-size", str(args.predict_batch_size),
-        "--session-timeout-ms", "6000", "--heartbeat-interval-ms", "2000", "--poll-timeout-ms", "100",
-    ]
-    if args.torch_threads is not None:
-        cmd += ["--torch-threads", str(args.torch_threads)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    with log_path.open("wb") as log:
-        worker = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    worker = start_worker(bootstrap, topic_in, topic_out, group, model_dir, args, on, log_path)
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
     reader = OutputReader(bootstrap, topic_out)
     reader.start()
+    tag = uuid.uuid4().hex[:6]
+    runs: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
     try:
-        warm = produce(producer, topic_in, texts[:1], f"warm-{tag}", None)  # joined + model loaded
-        reader.wait_for(set(warm), timeout_s=120)
-
-        sent = produce(producer, topic_in, texts[: args.records], f"tp-{tag}", None)
-        reader.wait_for(set(sent), timeout_s=600)
-        first_send = min(sent.values())
-        last_read = max(reader.seen[k] for k in sent)
-        e2e = len(sent) / (last_read - first_send)
-        backlog_lat = sorted(reader.seen[k] - t for k, t in sent.items())
-
-        rate = args.latency_load * e2e
-        paced = produce(producer, topic_in, texts[args.records :], f"lat-{tag}", rate)
-        reader.wait_for(set(paced), timeout_s=600)
-        lat = sorted(reader.seen[k] - t for k, t in paced.items())
-    finally:
-        worker.send_signal(signal.SIGTERM)
         try:
-            worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+            warm = produce(producer, topic_in, texts[:1], f"warm-{tag}", None)  # joined + model loaded
+            reader.wait_for(set(warm), timeout_s=120)
+
+            sent = produce(producer, topic_in, texts[: args.records], f"tp-{tag}", None)
+            reader.wait_for(set(sent), timeout_s=600)
+            first_send = min(sent.values())
+            last_read = max(reader.seen[k] for k in sent)
+            e2e = len(sent) / (last_read - first_send)
+            backlog_lat = sorted(reader.seen[k] - t for k, t in sent.items())
+
+            rate = args.latency_load * e2e
+            paced = produce(producer, topic_in, texts[args.records :], f"lat-{tag}", rate)
+            reader.wait_for(set(paced), timeout_s=600)
+            lat = sorted(reader.seen[k] - t for k, t in paced.items())
+        finally:
+            stop_worker(worker)
+            reader.close()
+        for r in range(args.drift_rounds):
+            for mode in (("off", "on") if r % 2 == 0 else ("on", "off")):
+                run = drift_run(bootstrap, producer, texts[: args.records], model_dir, args,
+                                on if mode == "on" else off, tmp / f"drift-{r}-{mode}.log", f"{mode}{r}-{tag}")
+                runs[mode].append(run)
+                print(f"round {r + 1} drift+review {mode:>3}: {run['e2e']:,.0f} records/s end to end, "
+                      f"{run['worker']:,.0f} records/s worker; {run['review']} to review, {run['alerts']} alerts",
+                      flush=True)
+    finally:
         producer.close()
-        reader.close()
         if broker is not None:
             broker.stop()
     # measured again: on a shared machine the load changes, and the ratio should compare like with like
@@ -227,7 +330,14 @@ def main(argv: list[str] | None = None) -> int:
     if split:
         print("worker time per batch: " + ", ".join(f"{k} {v:.0%}" for k, v in split.items())
               + "  (classify includes decode, encode and send)")
-    print(f"worker log: {log_path}")
+    if args.drift_rounds:
+        for measure in ("e2e", "worker"):
+            mean_on = statistics.fmean(x[measure] for x in runs["on"])
+            mean_off = statistics.fmean(x[measure] for x in runs["off"])
+            print(f"drift+review on/off, {'end to end' if measure == 'e2e' else 'worker'}: {mean_on:,.0f} / "
+                  f"{mean_off:,.0f} records/s = {mean_on / mean_off:.3f} (target >= 0.95; "
+                  f"{args.drift_rounds} round(s) of {args.records} records)")
+    print(f"worker logs: {tmp}")
     return 0
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,33 +9,31 @@ from typing import Any
 
 import torch
 
+from classifier.backends import (
+    AutoDecision,
+    InferenceBackend,
+    TorchBackend,
+    build_backend,
+    candidates,
+    choose_backend,
+)
+from classifier.calibration import Calibration
 from classifier.errors import ConfigError, InputError
 from classifier.labels import LabelSet
-from classifier.modeling import (
+from classifier.modeldir import (
+    CALIBRATION_FILE,
+    COMPANION_DIR,
     REPORT_FILE,
-    WEIGHTS_FILE,
-    FinsentClassifier,
     ModelMeta,
     load_model_dir,
-    weights_version,
+    model_version,
+    read_json,
 )
+from classifier.modeling import FinsentClassifier
 from classifier.text import normalize
 from classifier.tokenization import FinsentTokenizer
 
 log = logging.getLogger(__name__)
-
-
-def quantize_int8(model: FinsentClassifier) -> FinsentClassifier:
-    """Dynamic int8 quantization of every ``nn.Linear`` (per-channel weights, activations quantized per batch)."""
-    import warnings
-
-    from torch import nn
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao deprecation notice (the API still works in torch 2.x)
-        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-        return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -61,6 +58,9 @@ class Predictor:
         device: torch.device,
         batch_size: int = 32,
         report: dict[str, Any] | None = None,
+        calibration: Calibration | None = None,
+        companion: Any = None,
+        backend: InferenceBackend | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -72,6 +72,16 @@ class Predictor:
         self.device = device
         self.batch_size = batch_size
         self.report = report
+        #: post-processing of the model directory (temperature, blend with the companion); None = raw softmax
+        self.calibration = calibration
+        #: the linear companion model (classifier.companion.LinearCompanion) when the blend needs it
+        self.companion = companion
+        if calibration is not None and calibration.needs_companion and companion is None:
+            raise ConfigError("the calibration blends with a companion model: pass companion=")
+        #: what runs the network (classifier.backends): torch eager unless from_dir chose another
+        self.backend: InferenceBackend = backend if backend is not None else TorchBackend(model, device)
+        #: the figures backend=auto / quantize=auto chose on (None when nothing was measured)
+        self.auto_decision: AutoDecision | None = None
         #: forward passes run so far (serving reports it to show batching)
         self.forward_calls = 0
 
@@ -82,26 +92,43 @@ class Predictor:
         device: str | torch.device = "auto",
         batch_size: int = 32,
         quantize: str = "none",
+        backend: str = "torch",
+        threads: int | None = None,
     ) -> Predictor:
-        """Load a model directory. ``quantize="int8"`` (CPU only) converts every Linear layer to dynamic int8
-        with per-channel weights: about 3x the fp32 throughput on CPU for about half a point of macro-F1; the
-        model version then ends in ``+int8``. Gradients (``classifier.explain``) need ``quantize="none"``."""
-        if quantize not in ("none", "int8"):
-            raise ConfigError(f"quantize: {quantize!r} is not allowed; choose none or int8")
+        """Load a model directory to run on ``backend`` (``torch`` | ``onnx`` | ``auto``) at ``quantize``
+        (``none`` | ``int8`` | ``auto``); see :mod:`classifier.backends`.
+
+        * ``quantize="int8"`` (CPU only): dynamic int8 Linear layers with per-channel weights (torch) or
+          ONNX Runtime dynamic int8 MatMuls (onnx), for about half a point of macro-F1. The speed-up depends on
+          the CPU: about 3x with AVX-512 VNNI, about 1.05x (torch) / 1.45x (onnx) on an AVX2-only host.
+        * ``backend="onnx"`` (CPU only): the graph exported once and cached under the model directory's
+          ``onnx/`` (or ``$FINSENT_CACHE``), run by ONNX Runtime with ``threads`` intra-op threads (default:
+          torch's thread count).
+        * ``auto``: measure the allowed variants on this host and keep the fastest within tolerance of torch
+          fp32; the decision is cached per weights and kind of host. The first load costs the exports plus the
+          measurement (about a minute for the default encoder on 2 busy cores), later ones about a second.
+          On CUDA both mean torch with bf16 autocast.
+
+        The model version names what produced the outputs: ``+int8`` (torch int8), ``+onnx``, ``+onnx-int8``.
+        ``self.model`` stays the float torch model except for torch int8; gradients (``classifier.explain``)
+        need :attr:`explainable`."""
         dev = resolve_device(device)
-        if quantize == "int8" and dev.type != "cpu":
-            raise ConfigError("quantize=int8 is a CPU option: on GPU use bf16 (automatic) with quantize=none")
+        allowed = candidates(backend, quantize, dev)  # validates backend / quantize / device
         model, tokenizer, meta = load_model_dir(model_dir, dev)
         d = Path(model_dir)
-        version = f"{meta.name}@{weights_version(d / WEIGHTS_FILE)}"
-        if quantize == "int8":
-            model = quantize_int8(model)
-            version += "+int8"
-        report = None
-        if (d / REPORT_FILE).is_file():
-            report = json.loads((d / REPORT_FILE).read_text(encoding="utf-8"))
-        log.info("loaded %s from %s on %s", version, d, dev)
-        return cls(model, tokenizer, meta, version, dev, batch_size, report)
+        version = model_version(d, meta)
+        if len(allowed) > 1:
+            runner, decision = choose_backend(d, model, tokenizer, dev, allowed, threads)
+        else:
+            runner, decision = build_backend(allowed[0], d, model, tokenizer, dev, threads), None
+        version += runner.version_suffix
+        calibration, companion = load_postprocessing(d, meta)
+        log.info("loaded %s from %s on %s (%s)%s", version, d, dev, runner.name,
+                 " (calibrated" + (", blended with its companion)" if companion else ")") if calibration else "")
+        predictor = cls(runner.model if isinstance(runner, TorchBackend) else model, tokenizer, meta, version, dev,
+                        batch_size, read_json(d, REPORT_FILE), calibration, companion, backend=runner)
+        predictor.auto_decision = decision
+        return predictor
 
     # ------------------------------------------------------------------ properties
     @property
@@ -111,6 +138,11 @@ class Predictor:
     @property
     def max_len(self) -> int:
         return self.tokenizer.truncation.max_len
+
+    @property
+    def explainable(self) -> bool:
+        """Whether :attr:`model` has float weights (gradient explanations need them; torch int8 does not)."""
+        return self.backend.name != "torch-int8"
 
     def info(self) -> dict[str, Any]:
         summary = None
@@ -143,43 +175,82 @@ class Predictor:
 
     # ------------------------------------------------------------------ forward
     def _forward(self, batch: list[list[int]]) -> torch.Tensor:
-        inputs = {k: v.to(self.device) for k, v in self.tokenizer.pad(batch).items()}
+        """Encoder logits ``[len(batch), num_labels]`` (float32, CPU) of a batch of model inputs. The one
+        place that runs the network, through :attr:`backend`."""
         self.forward_calls += 1
-        if self.device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                logits = self.model(**inputs)
+        return self.backend(self.tokenizer.pad(batch))
+
+    def model_inputs(self, texts: Sequence[str]) -> tuple[list[list[int]], list[int]]:
+        """The model inputs of ``texts`` under the truncation strategy, and for each input the index of its text
+        (several inputs per long text with ``sliding_window`` / ``sentences``)."""
+        strategy = self.tokenizer.truncation.strategy
+        if strategy == "head_tail":
+            return [self.tokenizer.truncate(ids) for ids in self.tokenizer.encode(texts)], list(range(len(texts)))
+        seqs: list[list[int]] = []
+        owner: list[int] = []
+        if strategy == "sentences":
+            per_text = [self.tokenizer.sentence_chunks(t) for t in texts]
         else:
-            logits = self.model(**inputs)
-        return torch.softmax(logits.float(), dim=-1).cpu()
+            per_text = [self.tokenizer.windows(ids) for ids in self.tokenizer.encode(texts)]
+        for i, chunks in enumerate(per_text):
+            seqs.extend(chunks)
+            owner.extend([i] * len(chunks))
+        return seqs, owner
+
+    def logits_of(self, seqs: Sequence[list[int]]) -> torch.Tensor:
+        """Encoder logits of model inputs, run in length-sorted batches of ``batch_size``."""
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        logits = torch.empty((len(seqs), len(self.labels)))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            logits[idx] = self._forward([seqs[i] for i in idx])
+        return logits
+
+    def pool(self, probs: torch.Tensor, owner: Sequence[int], n: int) -> torch.Tensor:
+        """One probability row per text from the rows of its inputs (``truncation.pooling``)."""
+        if len(owner) == n:
+            return probs
+        own = torch.tensor(owner)
+        if self.tokenizer.truncation.pooling == "max_polar":
+            polar = [self.labelset.id(x) for x in (self.labelset.positive, self.labelset.negative) if x]
+            strength = probs[:, polar].sum(-1) if polar else probs.max(-1).values
+            out = torch.zeros((n, probs.shape[1]))
+            best = torch.full((n,), -1.0)
+            for row, i in enumerate(owner):
+                if strength[row] > best[i]:
+                    best[i] = strength[row]
+                    out[i] = probs[row]
+            return out
+        out = torch.zeros((n, probs.shape[1]))
+        out.index_add_(0, own, probs)
+        return out / torch.bincount(own, minlength=n).clamp(min=1)[:, None]
 
     @torch.inference_mode()
-    def predict_proba(self, texts: Sequence[str]) -> torch.Tensor:
-        """``[len(texts), num_labels]`` probabilities (float32, CPU)."""
+    def encoder_proba(self, texts: Sequence[str]) -> torch.Tensor:
+        """The encoder's own probabilities (temperature-scaled when calibrated, pooled over a long text's
+        inputs), before any blend with the companion."""
         self._check(texts)
         if not texts:
             return torch.zeros((0, len(self.labels)))
         self.model.eval()
-        encoded = self.tokenizer.encode(texts)
-        if self.tokenizer.truncation.strategy == "sliding_window":
-            seqs, owner = [], []
-            for i, ids in enumerate(encoded):
-                for w in self.tokenizer.windows(ids):
-                    seqs.append(w)
-                    owner.append(i)
-        else:
-            seqs = [self.tokenizer.truncate(ids) for ids in encoded]
-            owner = list(range(len(texts)))
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-        probs = torch.empty((len(seqs), len(self.labels)))
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            probs[idx] = self._forward([seqs[i] for i in idx])
-        if len(seqs) == len(texts):
-            return probs
-        out = torch.zeros((len(texts), len(self.labels)))
-        out.index_add_(0, torch.tensor(owner), probs)
-        counts = torch.bincount(torch.tensor(owner), minlength=len(texts)).clamp(min=1)
-        return out / counts[:, None]
+        seqs, owner = self.model_inputs(texts)
+        logits = self.logits_of(seqs)
+        temperature = self.calibration.encoder_temperature if self.calibration else 1.0
+        return self.pool(torch.softmax(logits / temperature, dim=-1), owner, len(texts))
+
+    def companion_proba(self, texts: Sequence[str]) -> torch.Tensor | None:
+        if self.companion is None:
+            return None
+        return torch.from_numpy(self.companion.predict_proba([normalize(t) for t in texts])).float()
+
+    def predict_proba(self, texts: Sequence[str]) -> torch.Tensor:
+        """``[len(texts), num_labels]`` final probabilities (float32, CPU): calibrated and blended as the model
+        directory says — the numbers evaluation, serving and the stream all report."""
+        p_enc = self.encoder_proba(texts)
+        if self.calibration is None or not len(texts):
+            return p_enc
+        return self.calibration.combine(p_enc, self.companion_proba(texts) if self.calibration.needs_companion
+                                        else None).float()
 
     def predict(self, texts: Sequence[str]) -> list[dict[str, Any]]:
         """For each text: ``{"label", "probabilities", "score", "model_version"}``."""
@@ -194,3 +265,20 @@ class Predictor:
             "score": self.labelset.score(probs),
             "model_version": self.model_version,
         }
+
+
+def load_postprocessing(model_dir: str | Path, meta: ModelMeta) -> tuple[Calibration | None, Any]:
+    """The calibration of a model directory and, when its blend needs one, the companion model."""
+    data = read_json(model_dir, CALIBRATION_FILE)
+    if data is None:
+        return None, None
+    calibration = Calibration.from_json(data, len(meta.labels))
+    companion = None
+    if calibration.needs_companion:
+        from classifier.companion import LinearCompanion
+
+        companion = LinearCompanion.load(Path(model_dir) / COMPANION_DIR)
+        if tuple(companion.labels) != tuple(meta.labels):
+            raise ConfigError(f"{model_dir}: the companion predicts {list(companion.labels)}, the model "
+                              f"{list(meta.labels)}: re-export the model directory")
+    return calibration, companion

@@ -53,15 +53,18 @@ def make_tiny_model_dir(
     labels: Sequence[str] = DEFAULT_LABELS,
     max_len: int = 64,
     name: str = "tiny",
+    layers: int = 2,
 ) -> Path:
-    """A complete finsent model directory (random weights, tiny lexicon as compound tokens)."""
+    """A complete finsent model directory (random weights, tiny lexicon as compound tokens; ``layers`` encoder
+    layers)."""
     import torch
 
-    from classifier.modeling import ModelMeta, build_classifier, save_model_dir
+    from classifier.modeldir import ModelMeta, save_model_dir
+    from classifier.modeling import build_classifier
     from classifier.tokenization import TruncationConfig
 
     out = Path(path)
-    base = make_tiny_base_dir(out.parent / f"{out.name}-base", seed=seed)
+    base = make_tiny_base_dir(out.parent / f"{out.name}-base", seed=seed, layers=layers)
     torch.manual_seed(seed)
     trunc = TruncationConfig(max_len=max_len)
     model, tok = build_classifier(base, labels, extra_words=TINY_LEXICON, truncation=trunc)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,13 @@ COMPOUND_FILE = "compound_tokens.txt"
 USERDICT_FILE = "jieba_userdict.txt"
 
 
+#: how texts longer than the model input are cut (see TruncationConfig)
+STRATEGIES: tuple[str, ...] = ("head_tail", "sliding_window", "sentences")
+POOLINGS: tuple[str, ...] = ("mean", "max_polar")
+#: sentence ends for the ``sentences`` strategy: Chinese and ASCII full stops, ! ?, semicolons, line breaks
+_SENTENCE_END = re.compile(r"(?<=[。！？!?；;\n])")
+
+
 @dataclass(frozen=True)
 class TruncationConfig:
     """How token sequences are cut to the model's input size."""
@@ -40,16 +48,22 @@ class TruncationConfig:
     max_len: int = 512
     #: pieces kept from the start when a text is too long; ``None`` → a quarter of the body (128 of 510)
     head_tokens: int | None = None
-    #: ``head_tail`` (one input per text) or ``sliding_window`` (several windows, probabilities averaged)
+    #: ``head_tail`` (one input per text), ``sliding_window`` (overlapping windows) or ``sentences`` (whole
+    #: sentences packed into inputs of at most ``max_len`` pieces); several inputs are pooled by ``pooling``
     strategy: str = "head_tail"
     #: sliding windows: step between window starts, in pieces; ``None`` → half a window
     window_stride: int | None = None
+    #: how the probabilities of a text's several inputs combine: ``mean``, or ``max_polar`` (the input with
+    #: the most bullish + bearish probability speaks for the text: one strong sentence decides a long article)
+    pooling: str = "mean"
 
     def __post_init__(self) -> None:
         if self.max_len < 8:
             raise ConfigError(f"max_len: must be at least 8, got {self.max_len}")
-        if self.strategy not in ("head_tail", "sliding_window"):
-            raise ConfigError(f"truncation: {self.strategy!r} is not allowed; choose head_tail or sliding_window")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"truncation: {self.strategy!r} is not allowed; choose one of {list(STRATEGIES)}")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling: {self.pooling!r} is not allowed; choose one of {list(POOLINGS)}")
         if self.head_tokens is not None and not 0 <= self.head_tokens <= self.max_len - 2:
             raise ConfigError(f"head_tokens: must be between 0 and max_len-2 ({self.max_len - 2}), got {self.head_tokens}")
         if self.window_stride is not None and not 1 <= self.window_stride <= self.max_len - 2:
@@ -270,6 +284,31 @@ class FinsentTokenizer:
             return [[self.cls_id, *ids, self.sep_id]]
         starts = list(range(0, len(ids) - body, stride)) + [len(ids) - body]
         return [[self.cls_id, *ids[s : s + body], self.sep_id] for s in dict.fromkeys(starts)]
+
+    def sentence_chunks(self, text: str) -> list[list[int]]:
+        """Whole sentences packed greedily into inputs of at most ``max_len`` pieces (a sentence longer than
+        one input is cut into windows), each wrapped in [CLS] ... [SEP]. Works on the raw text, so line breaks
+        between paragraphs still end sentences."""
+        body = self.truncation.body
+        sentences = [s for s in (x.strip() for x in _SENTENCE_END.split(text)) if s and normalize(s)]
+        if len(sentences) <= 1:
+            return self.windows(self.encode([text])[0])
+        chunks: list[list[int]] = []
+        cur: list[int] = []
+        for ids in self.encode(sentences):
+            if len(ids) > body:
+                if cur:
+                    chunks.append(cur)
+                    cur = []
+                chunks.extend(w[1:-1] for w in self.windows(ids))
+            elif len(cur) + len(ids) > body:
+                chunks.append(cur)
+                cur = list(ids)
+            else:
+                cur.extend(ids)
+        if cur:
+            chunks.append(cur)
+        return [[self.cls_id, *c, self.sep_id] for c in chunks]
 
     def model_inputs(self, texts: Sequence[str]) -> list[list[int]]:
         """Head+tail truncated model inputs (with special tokens), one per text."""

@@ -4,14 +4,16 @@
     finsent serve --config my-serve.yaml max_replicas=2      # YAML of ServeConfig fields + overrides
     finsent serve --help-config                              # every field, its default and meaning
     finsent classify "央行宣布降准，释放长期资金" "公司预计全年亏损"   # prints one JSON line per text
-    finsent classify --file news.txt --url http://127.0.0.1:8000
+    finsent classify file=news.txt url=http://127.0.0.1:8000
+
+Both use the grammar of every finsent command (:func:`classifier.config.parse_command`); the old options
+(``--file``, ``--url``, ``--set k=v``, ``--address``, ...) still work for one release.
 
 Exit codes: 0 ok, 1 cannot reach the app / server error, 2 bad arguments or a 4xx answer.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import signal
@@ -20,55 +22,41 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from classifier.errors import DataError, FinsentError
+from classifier.config import Alias, parse_command, run_command
+from classifier.errors import DataError
 
 log = logging.getLogger(__name__)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="finsent", description="Serve the finsent classifier on Ray Serve.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    s = sub.add_parser("serve", help="start the app on a local Ray (or --address) and block until Ctrl-C")
-    s.add_argument("--config", type=Path, help="YAML file of ServeConfig fields (see --help-config)")
-    s.add_argument("--address", default=None,
-                   help="Ray cluster to join (e.g. auto, ray://host:10001); default: start a local Ray")
-    s.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
-    s.add_argument("--help-config", action="store_true", help="list every config field and exit")
-    s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. model_dir=DIR")
-
-    c = sub.add_parser("classify", help="send texts to a running app; prints one JSON line per text")
-    c.add_argument("texts", nargs="*", help="texts to classify")
-    c.add_argument("--file", help="read texts from this file, one per line ('-' = stdin)")
-    c.add_argument("--url", help="app base URL (default: from --config/overrides host, port, route_prefix)")
-    c.add_argument("--config", type=Path, help="YAML file of ServeConfig fields (host, port, route_prefix)")
-    c.add_argument("--explain", action="store_true", help="also print per-token attributions")
-    c.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for an answer")
-    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="key=value",
-                   help="config override (repeatable), e.g. --set port=8001")
-    return parser
+#: old spellings kept for one release (each use logs a deprecation note)
+SERVE_ALIASES: dict[str, str | Alias] = {"--address": "ray_address", "--num-cpus": "ray_num_cpus"}
+CLASSIFY_ALIASES: dict[str, str | Alias] = {
+    "--file": "file", "--url": "url", "--explain": "explain=true", "--timeout": "timeout_s", "--set": Alias(""),
+}
+#: the config class of each command ("module:Class")
+CONFIGS = {"serve": "serving.config:ServeCommandConfig", "classify": "serving.config:ClassifyConfig"}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        if args.command == "serve":
-            return cmd_serve(args)
-        return cmd_classify(args)
-    except FinsentError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"serve": cmd_serve, "classify": cmd_classify}
+    if not argv or argv[0] not in commands:
+        asked = argv[:1] in (["-h"], ["--help"])
+        print("usage: python -m serving {serve,classify} [--config FILE.yaml] [key=value ...] [--help-config] "
+              "[--print-config]", file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else 2
+    return run_command(f"finsent {argv[0]}", commands[argv[0]], argv[1:])
 
 
 # --------------------------------------------------------------------------------------------------- serve
-def cmd_serve(args: argparse.Namespace) -> int:
-    from serving.config import describe_fields, load_serve_config
+def cmd_serve(argv: list[str]) -> int:
+    from serving.config import ServeCommandConfig
 
-    if args.help_config:
-        print(describe_fields())
-        return 0
-    cfg = load_serve_config(args.config, args.overrides)
+    command = parse_command(ServeCommandConfig, argv, prog="finsent serve", aliases=SERVE_ALIASES,
+                            description="Start the finsent app on a local Ray (or ray_address) and block until "
+                                        "Ctrl-C.")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = command.app_config()
 
     import ray
     from ray import serve
@@ -76,12 +64,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from serving.app import build_app
     from serving.client import ServeClient
 
-    app = build_app(cfg)  # validates model_dir before Ray starts
+    build_app(cfg)  # validates model_dir before Ray starts
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(address=args.address, num_cpus=args.num_cpus, include_dashboard=False)
+        ray.init(address=command.ray_address, num_cpus=command.ray_num_cpus, include_dashboard=False)
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    serve.run(app, name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=False)
+    # by config (like `serve deploy`), so `finsent learn` can hot-swap its model through user_config
+    from serving.swap import deploy_app
+
+    deploy_app(cfg)
     info = ServeClient(cfg.base_url()).model()
     print(f"finsent serving {info['model_version']} at {cfg.base_url()}/v1/classify "
           f"(API docs: {cfg.base_url()}/docs); Ctrl-C stops", flush=True)
@@ -98,7 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     print("stopping finsent serve", flush=True)
-    if args.address is None:
+    if command.ray_address is None:
         serve.shutdown()
     else:
         serve.delete(cfg.app_name)  # a shared cluster keeps its other apps
@@ -108,28 +99,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------- classify
-def cmd_classify(args: argparse.Namespace) -> int:
+def cmd_classify(argv: list[str]) -> int:
     from serving.client import ServeClient, ServeHTTPError
-    from serving.config import load_serve_config
+    from serving.config import ClassifyConfig
 
-    cfg = load_serve_config(args.config, args.overrides)
-    texts = list(args.texts) + list(_read_texts(args.file))
+    cfg = parse_command(ClassifyConfig, argv, prog="finsent classify", positional="texts",
+                        aliases=CLASSIFY_ALIASES,
+                        description="Send texts to a running finsent app; prints one JSON line per text.")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    texts = list(cfg.texts) + list(_read_texts(cfg.file))
     if not texts:
-        print('error: nothing to classify: give texts (finsent classify "文本") or --file PATH', file=sys.stderr)
+        print('error: nothing to classify: give texts (finsent classify "文本") or file=PATH', file=sys.stderr)
         return 2
-    url = args.url or cfg.base_url()
-    chunk = cfg.max_explain_texts if args.explain else cfg.max_texts_per_request
-    with ServeClient(url, timeout=args.timeout) as client:
+    url = cfg.url or cfg.base_url()
+    chunk = cfg.max_explain_texts if cfg.explain else cfg.max_texts_per_request
+    with ServeClient(url, timeout=cfg.timeout_s) as client:
         for start in range(0, len(texts), chunk):
             part = texts[start : start + chunk]
             try:
-                results = client.classify(part, explain=args.explain)
+                results = client.classify(part, explain=cfg.explain)
             except ServeHTTPError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2 if 400 <= e.status < 500 else 1
             except OSError as e:
                 print(f"error: cannot reach the finsent app at {url} ({e}): start it with `finsent serve "
-                      "model_dir=...` or pass --url", file=sys.stderr)
+                      "model_dir=...` or pass url=...", file=sys.stderr)
                 return 1
             for text, result in zip(part, results, strict=True):
                 print(json.dumps({"text": text, **result}, ensure_ascii=False), flush=True)
@@ -140,7 +134,8 @@ def _read_texts(path: str | None) -> Iterator[str]:
     if path is None:
         return
     if path != "-" and not Path(path).is_file():
-        raise DataError(f"--file {path} not found: give a UTF-8 text file with one text per line (or - for stdin)")
+        raise DataError(f"file: {path} not found: give a UTF-8 text file with one text per line (or file=- for "
+                        "stdin)")
     stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
     with stream:
         for line in stream:

@@ -2,8 +2,9 @@
 
 ``ServeConfig`` is a flat pydantic model so that it doubles as the *typed builder argument* of
 ``serving.app:build_app`` (``serve run serving.app:build_app model_dir=...`` hands every ``key=value`` to
-it) and as the body of ``cluster/serve.yaml``'s ``args:``. ``load_serve_config`` adds the project-wide
-YAML-file + ``key=value`` override convention (``finsent serve --config x.yaml max_batch_size=16``).
+it) and as the body of ``cluster/serve.yaml``'s ``args:``. It derives from :class:`classifier.config.Config`,
+so ``finsent serve`` / ``finsent classify`` read it with the grammar of every finsent command (``--config
+x.yaml max_batch_size=16``, ``--help-config``, ``--print-config``); ``load_serve_config`` does the same in code.
 
 Fields fall in five groups: model, batching (changeable live through ``user_config``), scaling and
 back-pressure, request limits, HTTP. Importing this module is cheap (pydantic only; no Ray, no torch).
@@ -11,7 +12,6 @@ back-pressure, request limits, HTTP. Importing this module is cheap (pydantic on
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from classifier import config as _config
+from classifier.config import Config
 from classifier.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -28,10 +30,11 @@ log = logging.getLogger(__name__)
 MAX_BATCH_SIZE_LIMIT = 512
 
 
-class ServeConfig(BaseModel):
+class ServeConfig(Config):
     """Settings of the finsent Serve application (one deployment with a FastAPI ingress)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    example_overrides = ("model_dir=runs/finetune",)
 
     # ---- model -------------------------------------------------------------------------------------------
     model_dir: str | None = Field(
@@ -44,11 +47,20 @@ class ServeConfig(BaseModel):
         description="where replicas run the model: auto = cuda when the replica got a GPU, else cpu. On cuda "
         "the forward pass runs under bf16 autocast.",
     )
-    quantize: Literal["none", "int8"] = Field(
+    quantize: Literal["none", "int8", "auto"] = Field(
         "none",
-        description="int8 = dynamic int8 Linear layers (per-channel weights) on CPU replicas: about 3x the fp32 "
-        "throughput for about half a point of macro-F1; model_version ends in +int8. Explanations still use "
-        "fp32 weights (loaded on first use). Ignored on cuda replicas.",
+        description="int8 = dynamic int8 Linear layers (per-channel weights) on CPU replicas, for about half a "
+        "point of macro-F1; the speed-up depends on the CPU (about 3x with AVX-512 VNNI, about 1.05x with torch "
+        "on an AVX2-only host: see docs/serving.md). auto = measure fp32 and int8 on the replica's CPU at load "
+        "time and keep the faster one within tolerance. model_version ends in +int8 (+onnx-int8 with "
+        "backend=onnx). Explanations still use fp32 weights (loaded on first use). Ignored on cuda replicas.",
+    )
+    backend: Literal["torch", "onnx", "auto"] = Field(
+        "torch",
+        description="what runs the model on CPU replicas: torch (eager), onnx (ONNX Runtime; the graph is "
+        "exported once and cached in the model directory's onnx/, model_version ends in +onnx), or auto "
+        "(measure torch and onnx on the replica's CPU at load time, keep the fastest within tolerance of torch "
+        "fp32, cache the decision). Ignored on cuda replicas (torch + bf16).",
     )
 
     # ---- batching (live: user_config) ---------------------------------------------------------------------
@@ -108,7 +120,10 @@ class ServeConfig(BaseModel):
         64, ge=1, description="most texts one POST /v1/classify (or handle call) may carry; more → 413."
     )
     max_chars_per_text: int = Field(
-        10_000, ge=1, description="most characters per text (after normalisation); longer → 413."
+        10_000,
+        ge=1,
+        description="most characters per text, counted as sent (Unicode code points, like JSON Schema "
+        "maxLength, so /openapi.json states it exactly); longer → 413.",
     )
     max_body_bytes: int = Field(
         1_048_576, ge=64, description="largest accepted HTTP request body in bytes; larger → 413."
@@ -218,10 +233,8 @@ class ServeConfig(BaseModel):
         return f"http://{host}:{self.port}{prefix}"
 
 
-class BatchingUpdate(BaseModel):
+class BatchingUpdate(Config):
     """Validated ``user_config`` of a running deployment (what ``reconfigure`` accepts)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model_dir: str | None = ServeConfig.model_fields["model_dir"]
     max_batch_size: int = ServeConfig.model_fields["max_batch_size"]
@@ -246,51 +259,62 @@ def _gpus_available() -> bool:
 
 def describe_fields() -> str:
     """``name = default`` plus the help line of every field (for ``finsent serve --help-config``)."""
-    lines = []
-    for name, f in ServeConfig.model_fields.items():
-        lines.append(f"  {name} = {f.default!r}\n      {f.description}")
-    return "\n".join(lines)
+    return _config.describe(ServeConfig)
 
 
 def format_validation_error(err: ValidationError, cls: type[BaseModel] = ServeConfig) -> str:
-    """One line per problem: the field, what is wrong, what was given, and the field's help as the fix."""
-    fields = cls.model_fields
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(config)"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(loc, list(fields), n=1)
-            fix = f"did you mean {close[0]}?" if close else f"known keys: {', '.join(fields)}"
-            lines.append(f"unknown config key {loc!r}: {fix}")
-            continue
-        line = f"{loc}: {msg}"
-        if "input" in e and e["loc"]:
-            line += f" (got {e['input']!r})"
-        if loc in fields and fields[loc].description:
-            line += f" — {loc} is the {fields[loc].description}"
-        lines.append(line)
-    return "invalid serve config:\n  " + "\n  ".join(lines)
+    """One line per problem: the field, what is wrong, what was given, and the fix (the shape of every
+    finsent config error, :func:`classifier.config.format_validation_error`)."""
+    return _config.format_validation_error(err, cls)
 
 
 def make_config(values: Mapping[str, Any] | ServeConfig | None = None, **overrides: Any) -> ServeConfig:
     """Validate a mapping (plus keyword overrides) into a ``ServeConfig``; errors become ``ConfigError``."""
     if isinstance(values, ServeConfig):
-        values = values.model_dump()
-    merged = {**dict(values or {}), **overrides}
-    try:
-        return ServeConfig.model_validate(merged)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e)) from None
+        values = values.model_dump(include=set(ServeConfig.model_fields))
+    return _config.build(ServeConfig, {**dict(values or {}), **overrides})
 
 
 def load_serve_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> ServeConfig:
     """Defaults ← YAML file ← ``key=value`` overrides (the project-wide convention), validated."""
-    from classifier.config import parse_overrides, read_yaml_mapping
-
-    values = read_yaml_mapping(path)
-    over = parse_overrides(overrides)
-    nested = [k for k, v in over.items() if isinstance(v, dict)]
+    overrides = list(overrides)
+    nested = [o.split("=", 1)[0] for o in overrides if "." in o.split("=", 1)[0]]
     if nested:
-        raise ConfigError(f"serve config keys are flat: {nested[0]}.… is not a key; write e.g. max_replicas=2")
-    return make_config({**values, **over})
+        raise ConfigError(f"serve config keys are flat: {nested[0]} is not a key; write e.g. max_replicas=2")
+    return _config.load_config(ServeConfig, path, overrides)
+
+
+class ServeCommandConfig(ServeConfig):
+    """Settings of ``finsent serve``: the Serve application (every ServeConfig field) and the Ray it runs on."""
+
+    example_overrides = ("model_dir=runs/finetune",)
+
+    ray_address: str | None = Field(
+        None,
+        description="Ray cluster to join (e.g. auto, ray://host:10001); unset = start a local Ray for this "
+        "command (it stops with it).",
+    )
+    ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray this command starts; "
+                                     "unset = all of the machine's.")
+
+    def app_config(self) -> ServeConfig:
+        """The Serve application's own config (what ``build_app`` takes)."""
+        return make_config(self)
+
+
+class ClassifyConfig(ServeConfig):
+    """Settings of ``finsent classify``: the texts and where the app listens (host, port, route_prefix or url;
+    the request limits split long inputs). Every ServeConfig field is accepted, so the YAML of
+    ``finsent serve --config`` works here unchanged."""
+
+    example_overrides = ("port=8000",)
+
+    texts: list[str] = Field([], description="texts to classify (also the command's bare arguments).")
+    file: str | None = Field(
+        None, description="also read texts from this UTF-8 file, one per line ('-' = stdin)."
+    )
+    url: str | None = Field(
+        None, description="base URL of the app; unset = http://host:port<route_prefix> from these settings."
+    )
+    explain: bool = Field(False, description="also print per-token attributions (max_explain_texts per request).")
+    timeout_s: float = Field(60.0, gt=0, description="seconds to wait for each answer.")

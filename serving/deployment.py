@@ -26,9 +26,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
 
+from classifier.drift import DriftConfig, DriftMonitor, DriftStatus, load_reference
 from classifier.errors import ConfigError, InputError
 from serving.config import MAX_BATCH_SIZE_LIMIT, BatchingUpdate, ServeConfig, format_validation_error
 from serving.schemas import (
@@ -40,6 +42,7 @@ from serving.schemas import (
     ModelInfo,
     RequestError,
     check_content_length,
+    openapi_with_limits,
     parse_classify_body,
     validate_texts,
 )
@@ -55,6 +58,10 @@ api = FastAPI(
     title="finsent",
     version="1",
     description="Sentiment of Chinese financial news: 利多 (bullish) / 利空 (bearish) / 其他 (neutral).",
+    # served by the deployment itself (http_openapi, http_docs): the schema carries the configured limits
+    openapi_url=None,
+    docs_url=None,
+    redoc_url=None,
 )
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -115,16 +122,14 @@ class FinsentDeployment:
         self._cfg = ServeConfig.model_validate(config)
         if not self._cfg.model_dir:
             raise ConfigError("model_dir is not set: pass model_dir=/path/to/model to build_app")
-        self._limits = Limits(
-            max_texts_per_request=self._cfg.max_texts_per_request,
-            max_chars_per_text=self._cfg.max_chars_per_text,
-            max_body_bytes=self._cfg.max_body_bytes,
-            max_explain_texts=self._cfg.max_explain_texts,
-        )
+        self._limits = Limits.of(self._cfg)
+        self._openapi: dict[str, Any] | None = None  # built on first GET /openapi.json
         self._device = _pick_device(self._cfg.device)
         # one thread owns the model: batches and explanations never run concurrently on it
         self._model_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finsent-model")
         self._metrics = ReplicaMetrics()
+        # drift alarm over this replica's predictions (reference: the model directory's, else its first texts)
+        self._drift = DriftMonitor(DriftConfig(), load_reference(self._cfg.model_dir))
         self._replica_id = _replica_id()
         self._model_dir = self._cfg.model_dir
         self._predictor = self._load(self._model_dir)
@@ -133,15 +138,17 @@ class FinsentDeployment:
         self._last_update_error: str | None = None
 
     # ------------------------------------------------------------------------------------------- lifecycle
-    def _load(self, model_dir: str, quantize: str | None = None) -> Any:
+    def _load(self, model_dir: str, quantize: str | None = None, backend: str | None = None) -> Any:
         from classifier.predict import Predictor
 
         t0 = time.perf_counter()
         if quantize is None:
             quantize = self._cfg.quantize if self._device == "cpu" else "none"
+        if backend is None:
+            backend = self._cfg.backend if self._device == "cpu" else "torch"
         # batch_size at the ceiling of max_batch_size: one Serve batch is exactly one forward call
         predictor = Predictor.from_dir(model_dir, device=self._device, batch_size=MAX_BATCH_SIZE_LIMIT,
-                                       quantize=quantize)
+                                       quantize=quantize, backend=backend)
         log.info("replica loaded %s from %s on %s in %.1fs", predictor.model_version, model_dir,
                  self._device, time.perf_counter() - t0)
         return predictor
@@ -182,8 +189,10 @@ class FinsentDeployment:
         if update.model_dir and update.model_dir != self._model_dir:
             # load on the default executor so batches keep running on the model thread meanwhile
             new = await asyncio.get_running_loop().run_in_executor(None, self._load, update.model_dir)
+            reference = load_reference(update.model_dir)  # before the swap: a bad file keeps the old model
             old_version = self._predictor.model_version
             self._predictor, self._model_dir = new, update.model_dir  # the swap: one reference assignment
+            self._drift.set_reference(reference)  # None: learned from the new model's first predictions
             self._metrics.record_swap()
             log.info("hot-swapped model %s -> %s", old_version, new.model_version)
         # Serve itself warns if max_batch_size exceeds the deployment's max_ongoing_requests
@@ -270,17 +279,38 @@ class FinsentDeployment:
         t0 = time.perf_counter()
         results, n_forward = await loop.run_in_executor(self._model_executor, _predict_isolated, predictor, texts)
         self._metrics.record_batch(len(texts), n_forward, (time.perf_counter() - t0) * 1000)
-        self._metrics.record_predictions([r for r in results if not isinstance(r, Exception)], predictor.labels)
+        ok = [r for r in results if not isinstance(r, Exception)]
+        self._metrics.record_predictions(ok, predictor.labels)
+        self._watch_drift(ok)
         return results
+
+    def _watch_drift(self, predictions: list[dict[str, Any]]) -> None:
+        """Feed the drift monitor; an alert is a WARNING line and a counter (best effort, never fails a batch)."""
+        try:
+            alerts = self._drift.update(predictions)
+        except Exception:
+            log.exception("the drift monitor failed on a batch; serving goes on")
+            return
+        for a in alerts:
+            top = a["top_shifted_label"]
+            log.warning("DRIFT ALERT %s window (last %g %s): %s = %.3f crossed %g; label %s share %.1f%% -> %.1f%%; "
+                        "model %s", a["window"]["kind"], a["window"]["size"], a["window"]["unit"], a["statistic"],
+                        a["value"], a["threshold"], top["label"], 100 * top["reference_share"],
+                        100 * top["window_share"], a["model_version"])
+        self._metrics.record_drift(self._drift.gauges(), alerts)
+
+    async def drift(self) -> dict[str, Any]:
+        """This replica's drift monitor: reference, thresholds, each window's latest statistics, last alert."""
+        return self._drift.status()
 
     async def _explain(self, texts: list[str]) -> list[dict[str, Any]]:
         from classifier.explain import explain
 
         predictor = self._predictor
-        if predictor.model_version.endswith("+int8"):
+        if not predictor.explainable:
             # gradients need float weights: keep one fp32 copy of the current model for explanations
             if getattr(self, "_explain_fp32", None) is None or self._explain_fp32[0] != self._model_dir:
-                self._explain_fp32 = (self._model_dir, self._load(self._model_dir, quantize="none"))
+                self._explain_fp32 = (self._model_dir, self._load(self._model_dir, quantize="none", backend="torch"))
             predictor = self._explain_fp32[1]
         cfg = self._cfg
 
@@ -308,6 +338,7 @@ class FinsentDeployment:
         openapi_extra={
             "requestBody": {
                 "required": True,
+                # the shape only; GET /openapi.json serves it with the configured limits (openapi_with_limits)
                 "content": {"application/json": {"schema": ClassifyRequest.model_json_schema()}},
             }
         },
@@ -322,12 +353,35 @@ class FinsentDeployment:
             self._metrics.record_rejection(e.code)
             return JSONResponse(e.body(), status_code=e.status)
         results = await self.classify_valid(req.texts, req.explain)
-        return JSONResponse({"results": results})
+        versions = {r["model_version"] for r in results}
+        return JSONResponse({"results": results, "model_version": versions.pop() if len(versions) == 1 else None})
 
     @api.get("/v1/model", response_model=ModelInfo, summary="The model this replica serves")
     async def http_model(self) -> JSONResponse:
         return JSONResponse(await self.model_info())
 
+    @api.get("/v1/drift", response_model=DriftStatus, summary="Drift of this replica's predictions")
+    async def http_drift(self) -> JSONResponse:
+        """Label, confidence and score distributions of the recent predictions against the reference."""
+        return JSONResponse(await self.drift())
+
     @api.get("/healthz", response_model=Health, summary="Liveness: the replica has a model loaded")
     async def http_health(self) -> JSONResponse:
         return JSONResponse({"status": "ok", "model_version": self._predictor.model_version})
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def http_openapi(self, request: Request) -> JSONResponse:
+        """The OpenAPI document with this app's configured request limits (see ``openapi_with_limits``)."""
+        if self._openapi is None:
+            # off the event loop: the first call computes the "not blank" pattern (under a second)
+            self._openapi = await asyncio.to_thread(openapi_with_limits, request.app.openapi(), self._limits)
+        doc = self._openapi
+        root_path = request.scope.get("root_path", "").rstrip("/")
+        if root_path:  # behind a route_prefix: tell clients where the API lives (as FastAPI's own route does)
+            doc = {**doc, "servers": [{"url": root_path}]}
+        return JSONResponse(doc)
+
+    @api.get("/docs", include_in_schema=False)
+    async def http_docs(self, request: Request) -> HTMLResponse:
+        root_path = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(openapi_url=f"{root_path}/openapi.json", title="finsent - Swagger UI")

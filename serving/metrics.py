@@ -57,6 +57,17 @@ class ReplicaMetrics:
         self.model_swaps = metrics.Counter(
             "finsent_model_swaps_total", description="Hot swaps of the model through user_config."
         )
+        self.drift_statistic = metrics.Gauge(
+            "finsent_drift_statistic",
+            description="Drift statistic of this replica's predictions against the reference at the window's "
+            "last comparison (label_psi, label_chi2, confidence_ks, score_ks, confidence_drop).",
+            tag_keys=("window", "statistic"),
+        )
+        self.drift_alerts = metrics.Counter(
+            "finsent_drift_alerts_total",
+            description="Drift alerts fired by this replica's monitor, per window and statistic.",
+            tag_keys=("window", "statistic"),
+        )
         # plain totals for stats()
         self.n_forward = 0
         self.n_batches = 0
@@ -92,6 +103,13 @@ class ReplicaMetrics:
     def record_rejection(self, reason: str) -> None:
         self.rejections[reason] += 1
         self._safe(self.rejected.inc, tags={"reason": reason})
+
+    def record_drift(self, statistics: dict[tuple[str, str], float], alerts: list[dict[str, Any]]) -> None:
+        """The drift monitor's latest statistics (``{(window, statistic): value}``) and the alerts it fired."""
+        for (window, statistic), value in statistics.items():
+            self._safe(self.drift_statistic.set, value, tags={"window": window, "statistic": statistic})
+        for a in alerts:
+            self._safe(self.drift_alerts.inc, tags={"window": a["window"]["kind"], "statistic": a["statistic"]})
 
     def record_swap(self) -> None:
         self.n_swaps += 1

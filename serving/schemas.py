@@ -3,12 +3,22 @@
 The parser works on raw bytes (not FastAPI's body binding) so that every malformed request gets a 4xx with
 a message that says what to fix: invalid UTF-8 and invalid JSON → 400, well-formed JSON of the wrong shape
 → 422, a limit hit → 413 naming the limit. Pure Python + pydantic: testable without Ray.
+
+The OpenAPI document states exactly what the parser enforces, from the configured ``Limits``
+(``openapi_with_limits``): ``minItems``/``maxItems`` on ``texts`` (``maxItems`` drops to ``max_explain_texts``
+when ``explain`` is true), ``minLength``/``maxLength`` and a "not blank" ``pattern`` on each text, and the
+body-size limit (``x-max-body-bytes``, which JSON Schema cannot express). So a request that is valid against
+the schema and within ``max_body_bytes`` is never rejected.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
+import functools
 import json
+import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +59,11 @@ class Prediction(BaseModel):
 
 class ClassifyResponse(BaseModel):
     results: list[Prediction]
-    model_version: str = Field(..., description="model that answered (all results share it)")
+    model_version: str | None = Field(
+        None,
+        description="model that answered every text; null when a hot swap happened during the request "
+        "(each result names its own model_version)",
+    )
 
 
 class ModelInfo(BaseModel):
@@ -97,10 +111,114 @@ class RequestError(Exception):
 
 @dataclass(frozen=True)
 class Limits:
+    """The request limits a replica enforces (the ``ServeConfig`` fields of the same names)."""
+
     max_texts_per_request: int
     max_chars_per_text: int
     max_body_bytes: int
     max_explain_texts: int
+
+    @classmethod
+    def of(cls, config: Any) -> Limits:
+        """The limits of a ``ServeConfig`` (or any object with the four fields)."""
+        return cls(**{name: getattr(config, name) for name in cls.__dataclass_fields__})
+
+
+#: an unpaired UTF-16 surrogate: JSON's "\\ud800" escape decodes to one, and the tokenizer cannot take it
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+# ---------------------------------------------------------------------------------------------- OpenAPI
+#: the path whose request body ``openapi_with_limits`` rewrites
+CLASSIFY_PATH = "/v1/classify"
+#: OpenAPI extension carrying ``max_body_bytes`` (JSON Schema has no keyword for a body's size in bytes)
+MAX_BODY_BYTES_KEY = "x-max-body-bytes"
+
+
+@functools.cache
+def not_blank_pattern() -> str:
+    """A regex (valid in ECMA-262 and Python) that a text matches iff it is not blank once normalised.
+
+    "Blank" is what ``classifier.text.validate_text`` rejects: nothing left after NFKC, dropping control and
+    zero-width characters and stripping whitespace. A text keeps something iff one of its characters does
+    on its own (NFKC composition only ever merges characters into a non-blank one), so the pattern is a
+    search for one character outside the set of characters that normalise to nothing. The set is computed
+    from ``normalize`` itself (under a second, once per process), so it follows this Python's Unicode tables.
+    """
+    import unicodedata
+
+    from classifier.text import normalize
+
+    blank: list[int] = []
+    for cp in range(sys.maxunicode + 1):
+        if 0xD800 <= cp <= 0xDFFF:
+            continue  # lone surrogates cannot be sent in valid UTF-8
+        c = chr(cp)
+        if (c.isspace() or not c.isprintable() or not unicodedata.is_normalized("NFKC", c)) and not normalize(c):
+            blank.append(cp)
+    ranges: list[tuple[int, int]] = []
+    for cp in blank:
+        if ranges and ranges[-1][1] == cp - 1:
+            ranges[-1] = (ranges[-1][0], cp)
+        else:
+            ranges.append((cp, cp))
+    body = "".join(_esc(a) if a == b else f"{_esc(a)}-{_esc(b)}" for a, b in ranges)
+    return f"[^{body}]"
+
+
+def _esc(cp: int) -> str:
+    if cp > 0xFFFF:  # no such blank character today; \u{...} would need the ECMA "u" flag
+        raise ValueError(f"U+{cp:X} normalises to nothing: not expressible as a \\uXXXX escape")
+    return f"\\u{cp:04x}"
+
+
+def classify_request_schema(limits: Limits) -> dict[str, Any]:
+    """JSON Schema of the ``POST /v1/classify`` body with every check of ``validate_classify_payload``."""
+    schema = ClassifyRequest.model_json_schema()
+    texts = schema["properties"]["texts"]
+    texts.update(
+        minItems=1,
+        maxItems=limits.max_texts_per_request,
+        description=f"{limits.max_texts_per_request} texts at most ({limits.max_explain_texts} with "
+        'explain=true): headlines, posts, article bodies',
+        items={
+            "type": "string",
+            "minLength": 1,
+            "maxLength": limits.max_chars_per_text,
+            "pattern": not_blank_pattern(),
+            "description": f"at most {limits.max_chars_per_text} characters (Unicode code points, as sent); "
+            "not blank: something must remain after NFKC normalisation and dropping whitespace, control "
+            "and zero-width characters; valid Unicode (no unpaired \\ud800-\\udfff escape)",
+        },
+    )
+    schema["if"] = {"properties": {"explain": {"const": True}}, "required": ["explain"]}
+    schema["then"] = {"properties": {"texts": {"maxItems": limits.max_explain_texts}}}
+    schema[MAX_BODY_BYTES_KEY] = limits.max_body_bytes
+    return schema
+
+
+def openapi_with_limits(openapi: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    """A copy of the app's OpenAPI document whose ``/v1/classify`` body schema carries ``limits``."""
+    doc = copy.deepcopy(openapi)
+    op = doc["paths"][CLASSIFY_PATH]["post"]
+    body_note = (
+        f"The body may be at most {limits.max_body_bytes} bytes (`max_body_bytes`, also given as "
+        f"`{MAX_BODY_BYTES_KEY}`); a larger one gets 413 even when it is valid against the schema."
+    )
+    op["requestBody"] = {
+        "required": True,
+        "description": body_note,
+        MAX_BODY_BYTES_KEY: limits.max_body_bytes,
+        "content": {"application/json": {"schema": classify_request_schema(limits)}},
+    }
+    op["description"] = f"{op.get('description', '').strip()}\n\n{body_note}".strip()
+    op["responses"]["413"]["description"] = (
+        f"a limit was hit (`limit` names it): body over {limits.max_body_bytes} bytes (`max_body_bytes`), "
+        f"more than {limits.max_texts_per_request} texts (`max_texts_per_request`), more than "
+        f"{limits.max_explain_texts} with explain (`max_explain_texts`), or a text over "
+        f"{limits.max_chars_per_text} characters (`max_chars_per_text`)"
+    )
+    return doc
 
 
 def check_content_length(header: str | None, limits: Limits) -> None:
@@ -182,10 +300,12 @@ def validate_classify_payload(data: Any, limits: Limits) -> ClassifyRequest:
 
 
 def validate_texts(texts: Any, limits: Limits, explain: bool = False) -> list[str]:
-    """Check count and each text (type, emptiness, normalised length); return the texts unchanged.
+    """Check count and each text (type, blank after normalisation, length); return the texts unchanged.
 
-    Shared by HTTP and the handle path so both reject exactly the same inputs. The texts go to the
-    ``Predictor`` as given (it normalises them itself), so served answers equal in-process ones."""
+    Shared by HTTP and the handle path so both reject exactly the same inputs. The length limit counts the
+    characters (code points) as sent, like JSON Schema's ``maxLength``, so the published schema is exact.
+    The texts go to the ``Predictor`` as given (it normalises them itself), so served answers equal
+    in-process ones."""
     from classifier.text import validate_text
 
     if not isinstance(texts, (list, tuple)):
@@ -210,18 +330,26 @@ def validate_texts(texts: Any, limits: Limits, explain: bool = False) -> list[st
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise RequestError(422, "text_not_a_string", f"texts[{i}] must be a string, got {_kind(t)}")
-        try:
-            norm = validate_text(t)
-        except InputError as e:
-            raise RequestError(422, "empty_text", f"texts[{i}]: {e}") from None
-        if len(norm) > limits.max_chars_per_text:
+        bad = _SURROGATE.search(t)
+        if bad:
+            raise RequestError(
+                422,
+                "invalid_unicode",
+                f"texts[{i}] has an unpaired surrogate \\u{ord(bad.group()):04x} at character {bad.start()}: send "
+                "valid Unicode (a character outside the BMP is one \\ud83d\\ude00-style pair, or raw UTF-8)",
+            )
+        if len(t) > limits.max_chars_per_text:
             raise RequestError(
                 413,
                 "text_too_long",
-                f"texts[{i}] has {len(norm)} characters, over max_chars_per_text={limits.max_chars_per_text}: "
+                f"texts[{i}] has {len(t)} characters, over max_chars_per_text={limits.max_chars_per_text}: "
                 "shorten or split it",
                 "max_chars_per_text",
             )
+        try:
+            validate_text(t)
+        except InputError as e:
+            raise RequestError(422, "empty_text", f"texts[{i}]: {e}") from None
         out.append(t)
     return out
 

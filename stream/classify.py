@@ -21,16 +21,21 @@ Classify = Callable[[list[str]], list[dict[str, Any]]]
 
 
 def predictor_classify(
-    model_dir: str, *, device: str = "cpu", batch_size: int = 32, num_threads: int | None = None
+    model_dir: str, *, device: str = "cpu", batch_size: int = 32, num_threads: int | None = None,
+    backend: str = "torch", quantize: str = "none",
 ) -> Classify:
-    """``Predictor.from_dir(model_dir).predict`` (the core's one inference path)."""
+    """``Predictor.from_dir(model_dir).predict`` (the core's one inference path); ``backend`` / ``quantize``
+    apply on CPU (on cuda: torch, bf16)."""
     import torch
 
     from classifier.predict import Predictor
 
     if num_threads is not None:
         torch.set_num_threads(max(1, num_threads))
-    predictor = Predictor.from_dir(model_dir, device=device, batch_size=batch_size)
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    predictor = Predictor.from_dir(model_dir, device=device, batch_size=batch_size,
+                                   backend=backend if on_cpu else "torch", quantize=quantize if on_cpu else "none",
+                                   threads=num_threads)
     return predictor.predict
 
 
@@ -90,5 +95,6 @@ def build_classify(config: StreamConfig, *, workers_on_host: int = 1) -> Classif
     if threads is None and workers_on_host > 1 and "OMP_NUM_THREADS" not in os.environ:
         threads = max(1, (os.cpu_count() or 1) // workers_on_host)
     return predictor_classify(
-        config.model_dir, device=config.device, batch_size=config.predict_batch_size, num_threads=threads
+        config.model_dir, device=config.device, batch_size=config.predict_batch_size, num_threads=threads,
+        backend=config.backend, quantize=config.quantize,
     )

@@ -7,8 +7,16 @@ decode → validate → text to classify → output record::
     dlq = encode_dlq(record, error, failed_at=time.time())
 
 Input value: a JSON object ``{"id", "title", "content", "source", "published_at", ...}`` (unknown fields are
-kept and passed through) or plain UTF-8 text. A value whose first non-blank character is ``{`` is read as
-JSON; anything else is plain text (so ``[快讯] ...`` headlines stay text).
+kept and passed through), a JSON string (its text is classified), or plain UTF-8 text. The rule:
+
+- first non-blank character ``{``: must be a valid JSON news object, else ``bad_json``;
+- otherwise, valid JSON (RFC 8259: no NaN/Infinity) that is a string: that string is the text;
+- otherwise, valid JSON that is null, a number, a boolean or an array: ``bad_json`` (not a news item);
+- anything that is not valid JSON is plain text, so ``[快讯] ...`` and ``42只个股涨停`` stay text;
+- ``[``/``{`` nested deeper than ``MAX_JSON_DEPTH`` (counted before parsing, outside JSON strings):
+  ``bad_json``, never a ``RecursionError``;
+- a JSON string anywhere in the value holding an unpaired surrogate escape (``"\\ud800"``): ``bad_json``
+  (it cannot be written back as UTF-8).
 
 Output value: the input object plus ``{"sentiment": {"label", "probabilities", "score", "model_version",
 "classified_at"}}``; plain text becomes ``{"id": <key>, "content": <text>, "sentiment": ...}``. Output key:
@@ -20,9 +28,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from itertools import accumulate
 from typing import Any
 
 from classifier.text import normalize
@@ -59,6 +69,8 @@ MAX_ERROR_MESSAGE_CHARS = 1000
 #: fields a JSON input may use for the text; both optional, at least one must hold text
 TEXT_FIELDS: tuple[str, ...] = ("title", "content")
 SENTIMENT_FIELD = "sentiment"
+#: deepest nesting of JSON arrays/objects a value may have (a news object needs 2 or 3); deeper → bad_json
+MAX_JSON_DEPTH = 32
 PREDICTION_FIELDS: tuple[str, ...] = ("label", "probabilities", "score", "model_version")
 
 
@@ -126,12 +138,13 @@ def decode(record: InputRecord, *, max_text_chars: int) -> NewsItem:
             f"value is not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}): encode news as UTF-8"
         ) from None
 
-    if text_value.lstrip().startswith("{"):
+    text_value = text_value.strip()
+    if text_value.startswith("{"):
         payload = _parse_object(text_value)
         text = _text_of(payload)
         key = _key_of(payload, record)
     else:
-        text = text_value.strip()
+        text = _text_of_non_object(text_value)
         key = record.key if record.key is not None else _coordinates(record)
         payload = {"id": _str_or_none(record.key), "content": text}
 
@@ -146,17 +159,104 @@ def decode(record: InputRecord, *, max_text_chars: int) -> NewsItem:
     return NewsItem(key=key, text=text, payload=payload)
 
 
+_SEND = 'send a news object {"id": ..., "title": ..., "content": ...}, a JSON string, or plain text'
+#: a complete JSON string literal (unrolled loop: linear time), removed before counting brackets
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+#: first characters of a JSON value other than an object
+_JSON_SCALAR_START = frozenset('["-0123456789tfn')
+#: a JSON escape of either half of a surrogate pair (\ud800 to \udfff)
+_SURROGATE_ESCAPE = re.compile(r"\\ud[89a-f]", re.IGNORECASE)
+
+
+class _NotJson(ValueError):
+    """The text uses a Python extension of JSON (NaN, Infinity, -Infinity)."""
+
+
+class _Unsupported(ValueError):
+    """Valid JSON this codec cannot carry (a number out of float range, an integer of > 4300 digits)."""
+
+
+def _constant(name: str) -> Any:
+    raise _NotJson(f"{name} is not JSON")
+
+
+def _float(s: str) -> float:
+    x = float(s)
+    if not math.isfinite(x):
+        raise _Unsupported(f"number out of float range ({s[:40]})")
+    return x
+
+
+def _int(s: str) -> int:
+    try:
+        return int(s)
+    except ValueError:  # Python's limit on int digits
+        raise _Unsupported(f"integer of {len(s)} digits (Python reads at most 4300)") from None
+
+
+def _json_depth(text: str) -> int:
+    """Deepest nesting of ``[``/``{`` outside JSON strings (exact for valid JSON); linear, no recursion."""
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
+
+
+def _loads(text: str) -> Any:
+    """Strict ``json.loads``: RFC 8259 only (no NaN/Infinity), finite numbers, at most ``MAX_JSON_DEPTH``
+    levels, strings writable as UTF-8. Raises ``json.JSONDecodeError``/``_NotJson`` for text that is not
+    JSON and ``BadJsonError`` for JSON this codec refuses."""
+    if text[:1] in "[{":
+        depth = _json_depth(text)
+        if depth > MAX_JSON_DEPTH:
+            raise BadJsonError(
+                f"value nests [ / {{ {depth} levels deep, over the limit of {MAX_JSON_DEPTH}: {_SEND}"
+            )
+    try:
+        value = json.loads(text, parse_constant=_constant, parse_float=_float, parse_int=_int)
+    except _Unsupported as e:
+        raise BadJsonError(f"value JSON holds an unsupported {e}: {_SEND}") from None
+    if _SURROGATE_ESCAPE.search(text):  # rare: only then check every string (pairs are fine, lone ones not)
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise BadJsonError(
+                f"value JSON has an unpaired surrogate escape \\u{ord(e.object[e.start]):04x}: send valid "
+                "Unicode (characters outside the BMP as a \\ud83d\\ude00-style pair, or raw UTF-8)"
+            ) from None
+    return value
+
+
+def _text_of_non_object(text: str) -> str:
+    """A value not starting with ``{``: a JSON string → its text; other JSON → ``BadJsonError``; not JSON →
+    the value itself (plain text)."""
+    if text[:1] not in _JSON_SCALAR_START:
+        return text  # cannot be JSON: skip the parse (most plain-text headlines)
+    try:
+        value = _loads(text)
+    except (json.JSONDecodeError, _NotJson):  # not JSON, so plain text
+        return text
+    if isinstance(value, str):
+        return value.strip()
+    raise BadJsonError(f"value is a JSON {_json_kind(value)} ({text[:40]!r}), not a news item: {_SEND}")
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    return "number" if isinstance(value, (int, float)) else "array"
+
+
 def _parse_object(text: str) -> dict[str, Any]:
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise BadJsonError(
-            f"value starts with '{{' but is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}): "
-            'send {"id": ..., "title": ..., "content": ...} or plain text'
-        ) from None
-    except RecursionError:
-        raise BadJsonError("value JSON is nested too deeply") from None
-    if not isinstance(obj, dict):
+        obj = _loads(text)
+    except (json.JSONDecodeError, _NotJson) as e:
+        where = f" at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
+        msg = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
+        raise BadJsonError(f"value starts with '{{' but is not valid JSON ({msg}{where}): {_SEND}") from None
+    if not isinstance(obj, dict):  # pragma: no cover - a value starting with '{' that parses is an object
         raise BadJsonError(f"value JSON must be an object, got {type(obj).__name__}")
     for name in TEXT_FIELDS:
         v = obj.get(name)

@@ -1,213 +1,233 @@
 """``StreamConfig``: the one typed config of the stream runner (``finsent stream``).
 
-Load it the project-wide way — defaults ← YAML file ← ``key=value`` overrides::
+A pydantic model (:class:`classifier.config.Config`), loaded the project-wide way — defaults ← YAML file ←
+``key=value`` overrides (``finsent stream --config stream.yaml batch_size=32``, or in code)::
 
     from classifier.config import load_config
     cfg = load_config(StreamConfig, "stream.yaml", ["batch_size=32", "security.security_protocol=SASL_SSL"])
 
-Every field has a help text and is checked in ``__post_init__``; a bad value raises ``ConfigError`` naming
-the field and the fix. The same object is handed to every worker (process or Ray actor): no globals.
+Every field has a description and is checked in ``_check``; a bad value raises ``ConfigError`` naming the
+field and the fix. The same object is handed to every worker (process or Ray actor): no globals.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import Field, field_validator, model_validator
+
+from classifier.config import Config, LogLevel, replace
+from classifier.drift import DriftConfig
 from classifier.errors import ConfigError
 
 #: prefixes of the kafka-python settings ``security`` may pass through (SASL, SSL, security_protocol)
 SECURITY_PREFIXES: tuple[str, ...] = ("security_", "sasl_", "ssl_")
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
-
-
-@dataclass
-class StreamConfig:
+class StreamConfig(Config):
     """Settings of the stream runner: Kafka, topics, batching, classifier, delivery, scale-out, metrics."""
 
+    example_overrides = ("serve_app=finsent",)
+
     # ---- Kafka connection -----------------------------------------------------------------------------
-    bootstrap_servers: str = field(
-        default="127.0.0.1:9092",
-        metadata=_help("Kafka bootstrap servers, comma-separated host:port (`finsent broker` prints one)."),
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092",
+        description="Kafka bootstrap servers, comma-separated host:port (`finsent broker` prints one).",
     )
-    security: dict[str, Any] = field(
-        default_factory=dict,
-        metadata=_help(
-            "kafka-python security settings passed to consumer, producer and admin as they are, e.g. "
-            "security.security_protocol=SASL_SSL security.sasl_mechanism=PLAIN security.ssl_cafile=ca.pem; "
-            "keys must start with security_, sasl_ or ssl_."
-        ),
+    security: dict[str, Any] = Field(
+        {},
+        description="kafka-python security settings passed to consumer, producer and admin as they are, "
+        "e.g. security.security_protocol=SASL_SSL security.sasl_mechanism=PLAIN security.ssl_cafile=ca.pem; "
+        "keys must start with security_, sasl_ or ssl_.",
     )
-    client_id: str = field(default="finsent-stream", metadata=_help("Kafka client id (worker index appended)."))
+    client_id: str = Field("finsent-stream", description="Kafka client id (worker index appended).")
 
     # ---- topics ------------------------------------------------------------------------------------------
-    input_topic: str = field(default="finance.news", metadata=_help("topic the news records are read from."))
-    output_topic: str = field(
-        default="finance.news.sentiment", metadata=_help("topic the labelled records are written to.")
+    input_topic: str = Field("finance.news", description="topic the news records are read from.")
+    output_topic: str = Field(
+        "finance.news.sentiment",
+        description="topic the labelled records are written to.",
     )
-    dlq_topic: str | None = field(
-        default=None,
-        metadata=_help("dead-letter topic for records that cannot be labelled; default <input_topic>.dlq."),
+    dlq_topic: str | None = Field(
+        None,
+        description="dead-letter topic for records that cannot be labelled; default <input_topic>.dlq.",
     )
-    create_topics: bool = field(
-        default=True, metadata=_help("create input, output and DLQ topics at start when they are missing.")
+    create_topics: bool = Field(
+        True,
+        description="create input, output and DLQ topics at start when they are missing.",
     )
-    partitions: int = field(
-        default=4,
-        metadata=_help("partitions of topics this runner creates; also the most workers that get work."),
+    partitions: int = Field(
+        4,
+        description="partitions of topics this runner creates; also the most workers that get work.",
     )
-    replication_factor: int = field(default=1, metadata=_help("replication factor of topics this runner creates."))
+    replication_factor: int = Field(1, description="replication factor of topics this runner creates.")
 
     # ---- consumer group and batching --------------------------------------------------------------------
-    group_id: str = field(
-        default="finsent-stream",
-        metadata=_help("consumer group id; workers with the same id split the input partitions."),
+    group_id: str = Field(
+        "finsent-stream",
+        description="consumer group id; workers with the same id split the input partitions.",
     )
-    auto_offset_reset: Literal["earliest", "latest"] = field(
-        default="earliest",
-        metadata=_help("where a new group starts: earliest (label the backlog) or latest (only new news)."),
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest",
+        description="where a new group starts: earliest (label the backlog) or latest (only new news).",
     )
-    batch_size: int = field(
-        default=64,
-        metadata=_help(
-            "most records per poll; a batch is classified, produced, flushed and committed together. Keep "
-            "batch_size / (slowest classifier texts/s) well under max_poll_interval_ms."
-        ),
+    batch_size: int = Field(
+        64,
+        description="most records per poll; a batch is classified, produced, flushed and committed "
+        "together. Keep batch_size / (slowest classifier texts/s) well under max_poll_interval_ms.",
     )
-    poll_timeout_ms: int = field(
-        default=500, metadata=_help("how long one poll waits for records; also bounds the shutdown delay.")
+    poll_timeout_ms: int = Field(
+        500,
+        description="how long one poll waits for records; also bounds the shutdown delay.",
     )
-    max_poll_interval_ms: int = field(
-        default=300_000,
-        metadata=_help(
-            "most time between polls before the group evicts this worker; must cover one batch with all its "
-            "classifier retries, or a slow classifier causes a rebalance storm."
-        ),
+    max_poll_interval_ms: int = Field(
+        300_000,
+        description="most time between polls before the group evicts this worker; must cover one batch with "
+        "all its classifier retries, or a slow classifier causes a rebalance storm.",
     )
-    session_timeout_ms: int = field(
-        default=10_000,
-        metadata=_help(
-            "heartbeat session timeout; a group join waits about half of it (use 6000 for tests/demo)."
-        ),
+    session_timeout_ms: int = Field(
+        10_000,
+        description="heartbeat session timeout; a group join waits about half of it (use 6000 for "
+        "tests/demo).",
     )
-    heartbeat_interval_ms: int = field(
-        default=3_000, metadata=_help("heartbeat interval; at most a third of session_timeout_ms.")
+    heartbeat_interval_ms: int = Field(
+        3_000,
+        description="heartbeat interval; at most a third of session_timeout_ms.",
     )
 
     # ---- classifier ---------------------------------------------------------------------------------------
-    model_dir: str | None = field(
-        default=None,
-        metadata=_help("finsent model directory for the in-process Predictor (ignored when serve_app is set)."),
+    model_dir: str | None = Field(
+        None,
+        description="finsent model directory for the in-process Predictor (ignored when serve_app is set).",
     )
-    device: str = field(default="cpu", metadata=_help("device of the in-process Predictor: cpu, cuda or auto."))
-    predict_batch_size: int = field(
-        default=32,
-        metadata=_help(
-            "texts per forward pass of the in-process Predictor, or per Serve handle call (keep it <= the "
-            "app's max_texts_per_request)."
-        ),
+    device: str = Field("cpu", description="device of the in-process Predictor: cpu, cuda or auto.")
+    predict_batch_size: int = Field(
+        32,
+        description="texts per forward pass of the in-process Predictor, or per Serve handle call (keep it "
+        "<= the app's max_texts_per_request).",
     )
-    torch_threads: int | None = field(
-        default=None,
-        metadata=_help(
-            "CPU threads of the in-process Predictor; unset = torch's default, or cores / workers when this "
-            "command starts several worker processes. Set it when the container's CPU limit is below the "
-            "host's core count (oversubscribed threads can be many times slower)."
-        ),
+    backend: Literal["torch", "onnx", "auto"] = Field(
+        "torch",
+        description="what runs the in-process Predictor on CPU: torch, onnx (ONNX Runtime, export cached in the "
+        "model directory), or auto (measure both on this CPU at start, keep the fastest within tolerance of "
+        "torch fp32; see docs/serving.md). On cuda: torch.",
     )
-    serve_app: str | None = field(
-        default=None,
-        metadata=_help(
-            "name of a running Ray Serve finsent app to classify through (its DeploymentHandle); unset = "
-            "in-process Predictor from model_dir."
-        ),
+    quantize: Literal["none", "int8", "auto"] = Field(
+        "none",
+        description="precision of the in-process Predictor on CPU: none (fp32), int8 (dynamic int8; fast with "
+        "AVX-512 VNNI, about 1.05x with torch on AVX2-only CPUs), or auto (measured at start).",
     )
-    serve_method: str = field(
-        default="classify",
-        metadata=_help(
-            "handle method of the Serve app that takes a list of texts (and errors='return') and returns one "
-            "prediction dict per text; predict_batch_size texts go in each call."
-        ),
+    torch_threads: int | None = Field(
+        None,
+        description="CPU threads of the in-process Predictor; unset = torch's default, or cores / workers "
+        "when this command starts several worker processes. Set it when the container's CPU limit is below "
+        "the host's core count (oversubscribed threads can be many times slower).",
     )
-    ray_address: str = field(
-        default="auto", metadata=_help("Ray cluster to join for serve_app or worker_backend=ray.")
+    serve_app: str | None = Field(
+        None,
+        description="name of a running Ray Serve finsent app to classify through (its DeploymentHandle); "
+        "unset = in-process Predictor from model_dir.",
     )
-    max_text_chars: int = field(
-        default=10_000,
-        metadata=_help(
-            "longer texts (title + content, after normalisation) go to the DLQ as text_too_long; with serve_app "
-            "keep it <= the app's max_chars_per_text."
-        ),
+    serve_method: str = Field(
+        "classify",
+        description="handle method of the Serve app that takes a list of texts (and errors='return') and "
+        "returns one prediction dict per text; predict_batch_size texts go in each call.",
     )
-    retries: int = field(
-        default=2, metadata=_help("extra attempts of a failed classifier call before records go to the DLQ.")
+    ray_address: str = Field("auto", description="Ray cluster to join for serve_app or worker_backend=ray.")
+    max_text_chars: int = Field(
+        10_000,
+        description="longer texts (title + content, after normalisation) go to the DLQ as text_too_long; "
+        "with serve_app keep it <= the app's max_chars_per_text.",
     )
-    retry_backoff_s: float = field(
-        default=0.5, metadata=_help("wait before the first retry; doubles with every further retry.")
+    retries: int = Field(
+        2,
+        description="extra attempts of a failed classifier call before records go to the DLQ.",
+    )
+    retry_backoff_s: float = Field(
+        0.5,
+        description="wait before the first retry; doubles with every further retry.",
     )
 
     # ---- delivery -----------------------------------------------------------------------------------------
-    exactly_once: bool = field(
-        default=False,
-        metadata=_help(
-            "wrap each batch and its offsets in a Kafka transaction (send_offsets_to_transaction) and read "
-            "input read_committed. Needs a broker with transactions (Apache Kafka); the embedded Tansu "
-            "accepts the calls but does not isolate aborted records."
-        ),
+    exactly_once: bool = Field(
+        False,
+        description="wrap each batch and its offsets in a Kafka transaction (send_offsets_to_transaction) "
+        "and read input read_committed. Needs a broker with transactions (Apache Kafka); the embedded Tansu "
+        "accepts the calls but does not isolate aborted records.",
     )
-    transactional_id: str = field(
-        default="finsent-stream",
-        metadata=_help("transactional id prefix for exactly_once (worker index appended)."),
+    transactional_id: str = Field(
+        "finsent-stream",
+        description="transactional id prefix for exactly_once (worker index appended).",
     )
-    linger_ms: int = field(default=5, metadata=_help("producer linger: how long a send waits to fill a batch."))
-    compression_type: Literal["none", "gzip"] = field(
-        default="none",
-        metadata=_help("producer compression (gzip needs no extra library; snappy/lz4/zstd are not offered)."),
+    linger_ms: int = Field(5, description="producer linger: how long a send waits to fill a batch.")
+    compression_type: Literal["none", "gzip"] = Field(
+        "none",
+        description="producer compression (gzip needs no extra library; snappy/lz4/zstd are not offered).",
     )
-    flush_timeout_s: float = field(
-        default=60.0, metadata=_help("most seconds to wait for a batch's outputs to be acknowledged.")
+    flush_timeout_s: float = Field(
+        60.0,
+        description="most seconds to wait for a batch's outputs to be acknowledged.",
     )
 
     # ---- scale-out -----------------------------------------------------------------------------------------
-    workers: int = field(
-        default=1, metadata=_help("consumers in the group started by this command (processes or Ray actors).")
+    workers: int = Field(
+        1,
+        description="consumers in the group started by this command (processes or Ray actors).",
     )
-    worker_backend: Literal["process", "ray"] = field(
-        default="process",
-        metadata=_help(
-            "how workers > 1 run: local processes, or Ray actors on the cluster at ray_address "
-            "(ray_address=local starts a private Ray)."
-        ),
+    worker_backend: Literal["process", "ray"] = Field(
+        "process",
+        description="how workers > 1 run: local processes, or Ray actors on the cluster at ray_address "
+        "(ray_address=local starts a private Ray).",
     )
-    ray_num_cpus: float = field(default=1.0, metadata=_help("CPUs each Ray actor worker reserves."))
+    ray_num_cpus: float = Field(1.0, description="CPUs each Ray actor worker reserves.")
+
+    # ---- drift alarm and review ----------------------------------------------------------------------------
+    drift: DriftConfig = Field(
+        default_factory=DriftConfig,
+        description="drift alarm over the predictions (drift.<key>=value; see classifier.drift.DriftConfig); "
+        "alerts go to drift.alerts_topic, default <output_topic>.alerts.",
+    )
+    review_threshold: float | None = Field(
+        0.5,
+        description="labelled records whose top probability is below this ALSO go to review_topic, for "
+        "people to check; null or 0 = off.",
+    )
+    review_topic: str | None = Field(
+        None,
+        description="topic of the records to review; default <output_topic>.review.",
+    )
 
     # ---- observability and lifetime ------------------------------------------------------------------------
-    metrics_port: int | None = field(
-        default=None,
-        metadata=_help("serve Prometheus metrics on this port (worker i uses port + i); unset = off."),
+    log_level: LogLevel = Field(
+        "INFO", description="logging level of the stream command and its workers: DEBUG, INFO, WARNING or ERROR."
     )
-    metrics_host: str = field(
-        default="127.0.0.1", metadata=_help("address of the metrics server; keep loopback unless firewalled.")
+    metrics_port: int | None = Field(
+        None,
+        description="serve Prometheus metrics on this port (worker i uses port + i); unset = off.",
     )
-    idle_exit_s: float | None = field(
-        default=None,
-        metadata=_help(
-            "stop after this many seconds without records once the assigned partitions are caught up "
-            "(batch jobs, benchmarks); unset = run until SIGINT/SIGTERM."
-        ),
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="address of the metrics server; keep loopback unless firewalled.",
+    )
+    idle_exit_s: float | None = Field(
+        None,
+        description="stop after this many seconds without records once the assigned partitions are caught "
+        "up (batch jobs, benchmarks); unset = run until SIGINT/SIGTERM.",
     )
 
-    def __post_init__(self) -> None:
+    @field_validator("model_dir")
+    @classmethod
+    def _expand_model_dir(cls, v: str | None) -> str | None:
+        return str(Path(v).expanduser()) if v is not None else None
+
+    @model_validator(mode="after")
+    def _check(self) -> StreamConfig:
         if self.dlq_topic is None or not str(self.dlq_topic).strip():
             self.dlq_topic = f"{self.input_topic}.dlq"
-        if self.model_dir is not None:
-            self.model_dir = str(Path(self.model_dir).expanduser())
         self._validate()
+        self._validate_review_and_alerts()
+        return self
 
     # ------------------------------------------------------------------------------------------ checks
     def _validate(self) -> None:
@@ -285,6 +305,15 @@ class StreamConfig:
         if self.exactly_once and self.workers > 1 and not self.transactional_id.strip():
             raise ConfigError("transactional_id is blank: exactly_once needs a transactional id prefix")
 
+    def _validate_review_and_alerts(self) -> None:
+        if self.review_threshold is not None and not 0 <= self.review_threshold <= 1:
+            raise ConfigError(f"review_threshold={self.review_threshold} must be a probability in [0, 1] "
+                              "(e.g. 0.5), or null/0 to send nothing to review")
+        for name, value in (("review_topic", self.review_topic), ("drift.alerts_topic", self.drift.alerts_topic)):
+            if value is not None and value in (self.input_topic, self.output_topic, self.dlq_topic):
+                raise ConfigError(f"{name}={value!r} must differ from input_topic, output_topic and dlq_topic: "
+                                  "leave it unset for <output_topic>.review / <output_topic>.alerts")
+
     # ------------------------------------------------------------------------------------------ derived
     def kafka_common(self) -> dict[str, Any]:
         """Settings shared by consumer, producer and admin client (bootstrap + security pass-through)."""
@@ -297,4 +326,4 @@ class StreamConfig:
             changes["transactional_id"] = f"{self.transactional_id}-{index}"
         if self.metrics_port:
             changes["metrics_port"] = self.metrics_port + index
-        return dataclasses.replace(self, **changes)
+        return replace(self, **changes)

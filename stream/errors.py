@@ -30,7 +30,9 @@ class InvalidUtf8Error(RecordError):
 
 
 class BadJsonError(RecordError):
-    """The value starts like a JSON object but does not parse, or its fields have the wrong types."""
+    """The value is not a usable JSON news item: it starts with ``{`` but does not parse; it is JSON null, a
+    number, a boolean or an array; it nests deeper than ``stream.codec.MAX_JSON_DEPTH``; it holds a number
+    out of range or an unpaired surrogate escape; or its ``id``/``title``/``content`` have the wrong types."""
 
     code = "bad_json"
 

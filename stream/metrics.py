@@ -15,7 +15,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 
 
 class StreamMetrics:
-    """Throughput, end-to-end latency, lag per partition, labels produced, DLQ records, batch latency."""
+    """Throughput, end-to-end latency, lag per partition, labels produced, DLQ records, batch latency, review
+    records, drift statistics and alerts."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -43,6 +44,30 @@ class StreamMetrics:
             "finsent_stream_consumer_lag", "records behind the partition's high watermark", ["topic", "partition"],
             registry=r,
         )
+
+        self.review = Counter(
+            "finsent_stream_review", "labelled records also sent to the review topic (top probability below "
+            "review_threshold)", registry=r,
+        )
+        self.drift_statistic = Gauge(
+            "finsent_stream_drift_statistic",
+            "drift statistic of a window against the reference at its last comparison (label_psi, label_chi2, "
+            "confidence_ks, score_ks, confidence_drop)", ["window", "statistic"], registry=r,
+        )
+        self.drift_window_records = Gauge(
+            "finsent_stream_drift_window_records", "predictions in the drift window now", ["window"], registry=r
+        )
+        self.drift_alerts = Counter(
+            "finsent_stream_drift_alerts", "drift alerts fired, by window and statistic", ["window", "statistic"],
+            registry=r,
+        )
+
+    def set_drift(self, statistics: Mapping[tuple[str, str], float], window_records: Mapping[str, int]) -> None:
+        """The drift monitor's latest statistics (``{(window, statistic): value}``) and window sizes."""
+        for (window, statistic), value in statistics.items():
+            self.drift_statistic.labels(window=window, statistic=statistic).set(value)
+        for window, n in window_records.items():
+            self.drift_window_records.labels(window=window).set(n)
 
     def set_lag(self, lags: Mapping[tuple[str, int], int]) -> None:
         for (topic, partition), lag in lags.items():

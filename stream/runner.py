@@ -8,13 +8,19 @@ One loop, one batch at a time::
 Within a batch, texts are classified in chunks of ``predict_batch_size`` and each chunk's outputs are sent
 at once, so the broker acknowledges them while the next chunk is classified; the commit waits for all.
 
-Offsets are committed only after every output and dead letter of the batch is acknowledged, so a crash at
-any point re-delivers the uncommitted records: at-least-once, and because the output key is the news id the
-duplicates are the same record again. Rebalances: kafka-python runs the rebalance listener only inside
-``poll()``, and a batch is always produced and committed before the next poll, so at revocation no batch is in
-flight and nothing produced is uncommitted (a failed commit is reported and the records come again). If a
-batch's outputs are not acknowledged the runner rewinds to the batch's start and stops without committing
-(``ProduceError``).
+Drift and review (``classifier.drift``, ``stream.review``): every labelled batch also feeds the drift monitor;
+an alert it fires goes to ``<output>.alerts`` (and a WARNING line), and a record whose top probability is
+below ``review_threshold`` is also produced to ``<output>.review``. Both are sent with the batch's outputs
+and acknowledged before the commit, so they share the batch's delivery guarantee.
+
+Offsets are committed only after every output, review copy, alert and dead letter of the batch is
+acknowledged, so a crash at any point re-delivers the uncommitted records: at-least-once, and because the
+output key is the news id the duplicates are the same record again. Rebalances: kafka-python runs the
+rebalance listener only inside ``poll()``, and a batch is always produced and committed before the next poll,
+so at revocation no batch is in flight and nothing produced is uncommitted (a failed commit is reported and
+the records come again). If a batch's outputs are not acknowledged the runner rewinds to the batch's start
+and stops without committing (``ProduceError``); its drift bookkeeping is not undone (the monitor of a
+restarted runner starts afresh anyway).
 
 ``exactly_once=True`` instead wraps outputs and offsets in one transaction per batch
 (``send_offsets_to_transaction``); that needs a broker with transactions (Apache Kafka). The embedded Tansu
@@ -28,8 +34,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from classifier.drift import DriftMonitor, alert_json, resolve_reference
 from stream.classify import Classify
 from stream.codec import (
     InputRecord,
@@ -43,6 +51,7 @@ from stream.codec import (
 from stream.config import StreamConfig
 from stream.errors import ClassifierError, CommitError, ProduceError, RecordError, StreamError
 from stream.metrics import StreamMetrics
+from stream.review import needs_review, review_record
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +72,10 @@ class Transformed:
 
     outputs: list[OutputRecord] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
+    #: the classifier's prediction of each output (what the drift monitor reads)
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+    #: review copies of the outputs whose top probability is below review_threshold
+    review: list[OutputRecord] = field(default_factory=list)
     dead: list[tuple[InputRecord, RecordError, OutputRecord]] = field(default_factory=list)
 
 
@@ -75,6 +88,8 @@ class BatchResult:
     dlq: int
     latency_s: float
     lag: int | None
+    review: int = 0
+    alerts: int = 0
 
 
 @dataclass
@@ -85,6 +100,8 @@ class RunSummary:
     records: int = 0
     labelled: int = 0
     dlq: int = 0
+    review: int = 0
+    alerts: int = 0
     commit_failures: int = 0
     assignments: list[list[tuple[str, int]]] = field(default_factory=list)
 
@@ -111,6 +128,17 @@ class StreamRunner:
         self.worker = worker
         self.metrics = metrics if metrics is not None else StreamMetrics()
         self.summary = RunSummary()
+        self.review_topic = config.review_topic or f"{config.output_topic}.review"
+        self.alerts_topic = config.drift.alerts_topic or f"{config.output_topic}.alerts"
+        #: the drift monitor of this worker's predictions (None when drift.enabled=false)
+        self.drift: DriftMonitor | None = None
+        if config.drift.enabled:
+            drift = config.drift
+            if drift.reference_file and config.workers > 1:  # each worker learns from its own partitions
+                path = Path(drift.reference_file)
+                drift = drift.model_copy(update={"reference_file": str(path.with_name(
+                    f"{path.stem}.{worker}{path.suffix}"))})
+            self.drift = DriftMonitor(drift, resolve_reference(drift, config.model_dir))
         self.metrics_port: int | None = None
         self._stop = threading.Event()
         self._consumer: Any = None
@@ -131,9 +159,12 @@ class StreamRunner:
             from stream.admin import ensure_topics
 
             ensure_topics(
-                common, [cfg.input_topic, cfg.output_topic, str(cfg.dlq_topic)],
+                common, [cfg.input_topic, cfg.output_topic, str(cfg.dlq_topic)]
+                + ([self.review_topic] if cfg.review_threshold else []),
                 partitions=cfg.partitions, replication_factor=cfg.replication_factor,
             )
+            if self.drift is not None:  # one partition: alerts stay in the order they fired
+                ensure_topics(common, [self.alerts_topic], partitions=1, replication_factor=cfg.replication_factor)
         producer_opts: dict[str, Any] = {
             "client_id": f"{cfg.client_id}-producer",
             "acks": "all",
@@ -162,9 +193,11 @@ class StreamRunner:
         if cfg.metrics_port is not None:
             self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
         log.info(
-            "worker %d: %s → %s (dlq %s), group %s, batch %d%s",
+            "worker %d: %s → %s (dlq %s), group %s, batch %d%s; review %s; drift alarm %s",
             self.worker, cfg.input_topic, cfg.output_topic, cfg.dlq_topic, cfg.group_id, cfg.batch_size,
             ", exactly-once" if cfg.exactly_once else "",
+            f"top probability < {cfg.review_threshold:g} → {self.review_topic}" if cfg.review_threshold else "off",
+            f"→ {self.alerts_topic}" if self.drift is not None else "off",
         )
 
     def run(self) -> RunSummary:
@@ -232,12 +265,17 @@ class StreamRunner:
         producer = self._producer
         if self.config.exactly_once:
             producer.begin_transaction()
+        cfg = self.config
         try:
-            for outputs in self._label_chunks(records, batch):
-                futures += [producer.send(self.config.output_topic, key=o.key, value=o.value, headers=o.headers)
+            for outputs, review in self._label_chunks(records, batch):
+                futures += [producer.send(cfg.output_topic, key=o.key, value=o.value, headers=o.headers)
                             for o in outputs]
+                futures += [producer.send(self.review_topic, key=o.key, value=o.value, headers=o.headers)
+                            for o in review]
+            alerts = self._watch_drift(batch)
+            futures += [producer.send(self.alerts_topic, key=key, value=value) for key, value in alerts]
             classified = time.monotonic()
-            futures += [producer.send(str(self.config.dlq_topic), key=o.key, value=o.value, headers=o.headers)
+            futures += [producer.send(str(cfg.dlq_topic), key=o.key, value=o.value, headers=o.headers)
                         for _, _, o in batch.dead]
             self._await_acks(records, futures)
         except Exception as e:
@@ -251,12 +289,14 @@ class StreamRunner:
         self.commit(records)
         latency = time.monotonic() - started
         lag = self._update_lag()
-        self._count(records, batch, latency, acked)
-        result = BatchResult(len(records), len(batch.outputs), len(batch.dead), latency, lag)
+        self._count(records, batch, latency, acked, len(alerts))
+        result = BatchResult(len(records), len(batch.outputs), len(batch.dead), latency, lag, len(batch.review),
+                             len(alerts))
         log.info(
-            "worker %d batch %d: %d records → %d labelled, %d dlq in %.0f ms (classify %.0f, acks %.0f, "
-            "commit %.0f); lag %s",
-            self.worker, self.summary.batches, result.records, result.labelled, result.dlq, 1000 * latency,
+            "worker %d batch %d: %d records → %d labelled (%d review), %d dlq in %.0f ms (classify %.0f, "
+            "acks %.0f, commit %.0f); lag %s",
+            self.worker, self.summary.batches, result.records, result.labelled, result.review, result.dlq,
+            1000 * latency,
             1000 * (classified - started), 1000 * (delivered - classified), 1000 * (started + latency - delivered),
             "?" if lag is None else (lag if self._lag_complete else f">={lag}"),
         )
@@ -269,17 +309,20 @@ class StreamRunner:
         return result
 
     def transform(self, records: list[InputRecord]) -> Transformed:
-        """decode → classify → encode for a whole batch, without producing anything. Bad records never
-        raise: they become dead letters (reported through ``on_error``)."""
+        """decode → classify → encode for a whole batch, without producing anything (nor feeding the drift
+        monitor). Bad records never raise: they become dead letters (reported through ``on_error``)."""
         batch = Transformed()
         for _ in self._label_chunks(records, batch):
             pass
         return batch
 
-    def _label_chunks(self, records: list[InputRecord], batch: Transformed) -> Iterator[list[OutputRecord]]:
-        """Fill ``batch``; yield each chunk's outputs as soon as it is labelled. Texts are ordered by length
-        so each chunk pads little; with a Serve app the whole batch is one chunk (the handle adapter spreads
-        it over concurrent calls itself)."""
+    def _label_chunks(
+        self, records: list[InputRecord], batch: Transformed
+    ) -> Iterator[tuple[list[OutputRecord], list[OutputRecord]]]:
+        """Fill ``batch``; yield each chunk's outputs and review copies as soon as it is labelled. Texts are
+        ordered by length so each chunk pads little; with a Serve app the whole batch is one chunk (the
+        handle adapter spreads it over concurrent calls itself)."""
+        threshold = self.config.review_threshold
         items: list[tuple[InputRecord, NewsItem]] = []
         failed: list[tuple[InputRecord, RecordError]] = []
         for rec in records:
@@ -294,18 +337,24 @@ class StreamRunner:
             predictions = self.classify_texts([item.text for _, item in chunk])
             now = time.time()
             outputs: list[OutputRecord] = []
+            review: list[OutputRecord] = []
             for (rec, item), pred in zip(chunk, predictions, strict=True):
                 if isinstance(pred, RecordError):
                     failed.append((rec, pred))
                     continue
                 try:
-                    outputs.append(encode_output(item, pred, rec.headers, classified_at=now))
+                    output = encode_output(item, pred, rec.headers, classified_at=now)
                 except RecordError as e:
                     failed.append((rec, e))
                     continue
+                outputs.append(output)
                 batch.labels.append(str(pred["label"]))
+                batch.predictions.append(pred)
+                if threshold and needs_review(pred, threshold):
+                    review.append(review_record(output, threshold))
             batch.outputs += outputs
-            yield outputs
+            batch.review += review
+            yield outputs, review
         now = time.time()
         for rec, err in sorted(failed, key=lambda f: (f[0].partition, f[0].offset)):
             self.on_error(err, rec)
@@ -338,6 +387,37 @@ class StreamRunner:
                 out.append(self._classify_checked([text])[0])
             except Exception as e:
                 out.append(as_record_error(e))
+        return out
+
+    def _watch_drift(self, batch: Transformed) -> list[tuple[bytes, bytes]]:
+        """Feed the batch's predictions to the drift monitor; each alert it fires becomes a WARNING line and
+        an alert record (key ``<client_id>:<window kind>``, so one worker's alerts of one window stay in
+        order). A fault in the monitor is logged, never costs the batch."""
+        if self.drift is None or not batch.predictions:
+            return []
+        cfg = self.config
+        try:
+            alerts = self.drift.update(batch.predictions)
+        except Exception:
+            log.exception("worker %d: the drift monitor failed on a batch; labelling goes on", self.worker)
+            return []
+        self.metrics.set_drift(self.drift.gauges(), self.drift.window_records())
+        out: list[tuple[bytes, bytes]] = []
+        for alert in alerts:
+            alert["source"] = {"worker": cfg.client_id, "group": cfg.group_id, "input_topic": cfg.input_topic,
+                               "output_topic": cfg.output_topic, "partitions": sorted(
+                                   p for t, p in self._assigned if t == cfg.input_topic)}
+            window, top = alert["window"], alert["top_shifted_label"]
+            log.warning(
+                "worker %d: DRIFT ALERT %s window (last %g %s; %d in it): %s = %.3f crossed %g (also %s); label %s "
+                "share %.1f%% → %.1f%%; mean confidence %.3f (reference %.3f); model %s",
+                self.worker, window["kind"], window["size"], window["unit"], window["records"], alert["statistic"],
+                alert["value"], alert["threshold"], ", ".join(alert["crossed"][1:]) or "nothing else", top["label"],
+                100 * top["reference_share"], 100 * top["window_share"], alert["mean_confidence"],
+                alert["reference"]["mean_confidence"], alert["model_version"],
+            )
+            self.metrics.drift_alerts.labels(window=window["kind"], statistic=alert["statistic"]).inc()
+            out.append((f"{cfg.client_id}:{window['kind']}".encode(), alert_json(alert)))
         return out
 
     def _classify_checked(self, texts: list[str]) -> list[dict[str, Any]]:
@@ -405,13 +485,19 @@ class StreamRunner:
             except Exception:  # the partition may have been revoked meanwhile: its owner starts from the commit
                 log.debug("worker %d: cannot rewind %s[%d]", self.worker, topic, partition, exc_info=True)
 
-    def _count(self, records: list[InputRecord], batch: Transformed, latency: float, acked: float) -> None:
+    def _count(
+        self, records: list[InputRecord], batch: Transformed, latency: float, acked: float, alerts: int
+    ) -> None:
         s, m = self.summary, self.metrics
         s.batches += 1
         s.records += len(records)
         s.labelled += len(batch.outputs)
         s.dlq += len(batch.dead)
+        s.review += len(batch.review)
+        s.alerts += alerts
         m.records.labels(topic=self.config.input_topic).inc(len(records))
+        if batch.review:
+            m.review.inc(len(batch.review))
         m.batch_latency.observe(latency)
         for label in batch.labels:
             m.labels.labels(label=label).inc()

@@ -101,8 +101,9 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path, select_metr
 
 
 def select_best(history: Sequence[dict[str, Any]], select_metric: str) -> dict[str, Any] | None:
-    """The epoch with the best ``dev_<select_metric>`` (lowest for loss, else highest; earliest on ties)."""
-    key = f"dev_{select_metric}"
+    """The epoch with the best ``score_<select_metric>`` (``dev_<select_metric>`` in older histories; lowest
+    for loss, else highest; earliest on ties)."""
+    key = f"score_{select_metric}" if history and f"score_{select_metric}" in history[0] else f"dev_{select_metric}"
     sign = -1.0 if select_metric == "loss" else 1.0
     best = None
     for h in history:
@@ -143,8 +144,10 @@ def build_report(config: dict[str, Any], data_summary: dict[str, Any], history: 
     scalars = [{k: v for k, v in h.items() if not isinstance(v, (dict, list))} for h in history]
     return {
         "best_epoch": best["epoch"],
-        "best_metric": {"name": f"dev_{select_metric}", "value": best[f"dev_{select_metric}"]},
-        "dev_metrics": best["dev_report"],
+        "best_metric": {"name": f"dev_{select_metric}", "value": best.get(f"score_{select_metric}",
+                                                                           best[f"dev_{select_metric}"]),
+                        "weights": best.get("variant", "raw")},
+        "dev_metrics": best["ema_dev_report"] if best.get("variant") == "ema" else best["dev_report"],
         "epochs": scalars,
         "wall_time_s": wall_time_s,
         "train_time_s": sum(h.get("train_time_s", 0.0) + h.get("eval_time_s", 0.0) for h in history),

@@ -2,7 +2,8 @@
 
 Layout of one checkpoint directory::
 
-    model/            finsent model directory (classifier.modeling.save_model_dir): loads with Predictor
+    model/            finsent model directory (classifier.modeldir.save_model_dir): loads with Predictor
+    model_ema/        the same with the averaged weights (runs with ema_decay > 0)
     train_state.pt    optimizer / LR scheduler / grad scaler state dicts (read with weights_only=True)
     progress.json     epoch, global step, per-epoch metrics history, best epoch so far
 
@@ -17,11 +18,13 @@ from typing import Any
 
 import torch
 
-from classifier.errors import ModelDirError
-from classifier.modeling import WEIGHTS_FILE, FinsentClassifier, ModelMeta, save_model_dir
+from classifier.modeldir import ModelMeta, load_weights, save_model_dir
+from classifier.modeling import FinsentClassifier
 from classifier.tokenization import FinsentTokenizer
 
 MODEL_SUBDIR = "model"
+#: the averaged (EMA) weights, when the run keeps them (a model directory too)
+EMA_SUBDIR = "model_ema"
 STATE_FILE = "train_state.pt"
 PROGRESS_FILE = "progress.json"
 
@@ -35,24 +38,6 @@ def save_checkpoint(path: str | Path, model: FinsentClassifier, tokenizer: Finse
     torch.save(state, out / STATE_FILE)
     (out / PROGRESS_FILE).write_text(json.dumps(progress, ensure_ascii=False, indent=1), encoding="utf-8")
     return out
-
-
-def load_weights(model: FinsentClassifier, model_dir: str | Path) -> None:
-    """Load a model directory's safetensors weights into an existing classifier of the same shape."""
-    from safetensors.torch import load_file
-
-    weights = Path(model_dir) / WEIGHTS_FILE
-    if not weights.is_file():
-        raise ModelDirError(f"{weights} is missing: the checkpoint is incomplete; start a new run (resume=false)")
-    state = load_file(str(weights))
-    prefix = model.encoder.base_model_prefix + "."
-    enc = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    missing, unexpected = model.encoder.load_state_dict(enc, strict=False)
-    missing = [k for k in missing if not k.endswith("position_ids")]
-    if missing or unexpected:
-        raise ModelDirError(f"{weights} does not fit the model being trained (missing {missing[:3]}, unexpected "
-                            f"{unexpected[:3]}): resume with the same base_model, lexicon and labels")
-    model.classifier.load_state_dict({"weight": state["classifier.weight"], "bias": state["classifier.bias"]})
 
 
 def read_progress(path: str | Path) -> dict[str, Any]:

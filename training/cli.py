@@ -1,98 +1,110 @@
-"""``python -m training <command>`` (and ``finsent finetune|pretrain``).
+"""``python -m training <command>`` (and ``finsent finetune|pretrain|distill``).
 
-``finetune``: ``--config YAML`` (default: the packaged training/configs/finetune.yaml) then ``key=value``
-overrides; ``--help-config`` lists every setting. ``pretrain`` is dispatched to :mod:`training.pretrain`.
+Every recipe follows the grammar of every finsent command (:func:`classifier.config.parse_command`):
+``--config YAML`` (default: the recipe's packaged YAML under training/configs/, when it has one),
+``key=value`` overrides, ``--help-config``, ``--print-config``. The run itself is the shared lifecycle
+(:mod:`training.lifecycle`).
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import importlib.util
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from classifier.errors import FinsentError
+if TYPE_CHECKING:
+    from training.config import FinetuneConfig
+    from training.finetune import FinetuneResult
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "finetune.yaml"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "finetune.yaml"
+DISTILL_CONFIG = CONFIG_DIR / "distill-6.yaml"
 
 
-def finetune_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m training finetune",
-        description="Fine-tune a finsent classifier on Ray Train and export the best checkpoint as a model "
-                    "directory. Settings come from --config, then key=value overrides (e.g. epochs=3 lr=1e-4 "
-                    "adversarial=fgm extra_train_files=[a.txt,b.txt]).",
-    )
-    p.add_argument("--config", default=str(DEFAULT_CONFIG),
-                   help="YAML file of FinetuneConfig settings (default: %(default)s); 'none' = built-in defaults")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run recorded in output_dir/run.json from its latest checkpoint "
-                        "(same as resume=true)")
-    p.add_argument("--help-config", action="store_true", help="list every setting with its default and help")
-    p.add_argument("--print-config", action="store_true", help="print the merged config as YAML and exit")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="setting overrides")
-    return p
+#: old spellings kept for one release (each use logs a deprecation note)
+FINETUNE_ALIASES = {"--resume": "resume=true"}
 
 
-def finetune(argv: list[str]) -> int:
-    from classifier.config import describe, load_config, to_dict
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def finetune_config(argv: list[str], prog: str = "finsent finetune") -> FinetuneConfig:
+    """The FinetuneConfig of a ``finetune`` command line (the packaged finetune.yaml, then key=value)."""
+    from classifier.config import parse_command
     from training.config import FinetuneConfig
 
-    parser = finetune_parser()
-    args, unknown = parser.parse_known_args(argv)
-    bad = [u for u in unknown if "=" not in u]
-    if bad:
-        parser.error(f"unrecognized arguments: {' '.join(bad)} (settings are key=value, see --help-config)")
-    if args.help_config:
-        print(f"FinetuneConfig settings (key=value):\n{describe(FinetuneConfig)}")
-        return 0
-    overrides = list(args.overrides) + unknown + (["resume=true"] if args.resume else [])
-    path = None if args.config.lower() == "none" else args.config
-    cfg = load_config(FinetuneConfig, path, overrides)
-    if args.print_config:
-        import yaml
+    return parse_command(
+        FinetuneConfig, argv, prog=prog, default_config=DEFAULT_CONFIG, aliases=FINETUNE_ALIASES,
+        description="Fine-tune a finsent classifier on Ray Train and export the best checkpoint as a model "
+                    "directory. Settings come from --config (default: the packaged finetune.yaml), then "
+                    "key=value overrides (e.g. epochs=3 lr=1e-4 adversarial=fgm extra_train_files=[a.txt,b.txt]).",
+    )
 
-        print(yaml.safe_dump(to_dict(cfg), allow_unicode=True, sort_keys=False), end="")
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from training.finetune import run_finetune
 
-    result = run_finetune(cfg)
+def _print_result(result: FinetuneResult) -> None:
     best = result.report["dev_metrics"]
     print(f"best epoch {result.report['best_epoch'] + 1}: dev accuracy {best['accuracy']:.4f} macro-F1 "
           f"{best['macro_f1']:.4f}; wall time {result.report['wall_time_s']:.0f} s")
     print(f"model directory: {result.model_dir}")
+
+
+def finetune(argv: list[str]) -> int:
+    cfg = finetune_config(argv)
+    _logging()
+    from training.finetune import run_finetune
+
+    _print_result(run_finetune(cfg))
+    return 0
+
+
+def distill(argv: list[str]) -> int:
+    from classifier.config import parse_command
+    from training.distill import DistillConfig
+
+    cfg = parse_command(
+        DistillConfig, argv, prog="finsent distill", default_config=DISTILL_CONFIG,
+        description="Distil a finsent teacher into a student with fewer layers on Ray Train: the teacher labels "
+                    "a sample of the finance corpus (finsent label), the student learns from those soft labels "
+                    "and the gold training files, the best checkpoint is exported as a model directory. "
+                    "Settings come from --config (default: the packaged distill-6.yaml; distill-4.yaml for 4 "
+                    "layers), then key=value overrides (e.g. teacher_model=runs/finetune max_corpus_docs=5000).",
+    )
+    _logging()
+    from training.distill import run_distill
+
+    result = run_distill(cfg)
+    _print_result(result)
     return 0
 
 
 def pretrain(argv: list[str]) -> int:
-    if importlib.util.find_spec("training.pretrain") is None:
-        print("pretrain: training/pretrain.py is not available in this checkout", file=sys.stderr)
-        return 2
-    return int(importlib.import_module("training.pretrain").main(argv) or 0)
+    from training.pretrain import main
+
+    return int(main(argv) or 0)
 
 
-COMMANDS = {"finetune": finetune, "pretrain": pretrain}
+COMMANDS = {"finetune": finetune, "pretrain": pretrain, "distill": distill}
+#: the config class of each command ("module:Class", imported on use): --help-config, tests, docs
+CONFIGS = {"finetune": "training.config:FinetuneConfig", "pretrain": "training.pretrain:PretrainConfig",
+           "distill": "training.distill:DistillConfig"}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m training {finetune,pretrain} [options] [key=value ...]\n\n"
+        print("usage: python -m training {finetune,pretrain,distill} [options] [key=value ...]\n\n"
               "  finetune   fine-tune a classifier on Ray Train (python -m training finetune --help)\n"
-              "  pretrain   domain-adaptive MLM pretraining on Ray Train")
+              "  pretrain   domain-adaptive MLM pretraining on Ray Train\n"
+              "  distill    distil a finsent teacher into a smaller, faster student on Ray Train")
         return 0
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:
         print(f"unknown command {cmd!r}: choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    try:
-        return COMMANDS[cmd](rest)
-    except FinsentError as e:
-        log.debug("command failed", exc_info=True)
-        print(f"{cmd}: error: {e}", file=sys.stderr)
-        return 2
+    from classifier.config import run_command
+
+    return run_command(f"finsent {cmd}", COMMANDS[cmd], rest)

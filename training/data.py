@@ -25,6 +25,9 @@ from classifier.tokenization import FinsentTokenizer
 
 log = logging.getLogger(__name__)
 
+#: the label id of an example without a gold label (cross-entropy ignores it; nn.CrossEntropyLoss's default)
+IGNORE_INDEX = -100
+
 
 @dataclass
 class FinetuneData:
@@ -49,14 +52,14 @@ class FinetuneData:
 
 def load_finetune_data(cfg: Any) -> FinetuneData:
     """Read train (+ extra train files, + rehearsal mix, optionally subsampled) and dev examples of ``cfg``
-    (a :class:`training.config.FinetuneConfig` with resolved paths)."""
+    (a :class:`training.config.ClassifierSettings` with resolved paths: fine-tuning or distillation)."""
     labels = LabelSet.of(cfg.labels)
     train = read_examples([*cfg.train_files, *cfg.extra_train_files], labels, on_error=cfg.on_bad_line)
-    dev = read_examples(cfg.dev_file, labels, on_error=cfg.on_bad_line)
+    dev = read_examples(cfg.dev_files, labels, on_error=cfg.on_bad_line)
     sha = {**train.sha256, **dev.sha256}
     examples = list(train.examples)
     skipped = len(train.bad) + len(dev.bad)
-    if cfg.rehearsal_files and cfg.rehearsal_fraction > 0:
+    if getattr(cfg, "rehearsal_files", None) and cfg.rehearsal_fraction > 0:  # fine-tuning only
         from training.forgetting import mix_rehearsal
 
         old = read_examples(cfg.rehearsal_files, labels, on_error=cfg.on_bad_line)
@@ -73,13 +76,28 @@ def load_finetune_data(cfg: Any) -> FinetuneData:
 
 
 class EncodedDataset(Dataset):
-    """Truncated model inputs (``[CLS] ... [SEP]`` id lists) with label ids."""
+    """Truncated model inputs (``[CLS] ... [SEP]`` id lists) with label ids (``IGNORE_INDEX`` = no gold
+    label) and, for distillation, the teacher's probabilities of each example (``None`` = none)."""
 
-    def __init__(self, input_ids: list[list[int]], labels: list[int]) -> None:
+    def __init__(self, input_ids: list[list[int]], labels: list[int],
+                 soft: list[list[float] | None] | None = None) -> None:
         if len(input_ids) != len(labels):
             raise ValueError(f"{len(input_ids)} inputs but {len(labels)} labels")
+        if soft is not None and len(soft) != len(labels):
+            raise ValueError(f"{len(labels)} examples but {len(soft)} soft targets")
         self.input_ids = input_ids
         self.labels = labels
+        self.soft = soft
+
+    @classmethod
+    def concat(cls, parts: Sequence[EncodedDataset]) -> EncodedDataset:
+        """One dataset of ``parts`` in order; with soft targets when any part has them."""
+        ids = [x for p in parts for x in p.input_ids]
+        labels = [y for p in parts for y in p.labels]
+        if all(p.soft is None for p in parts):
+            return cls(ids, labels)
+        soft = [s for p in parts for s in (p.soft if p.soft is not None else [None] * len(p))]
+        return cls(ids, labels, soft)
 
     @classmethod
     def from_examples(cls, examples: Sequence[Example], tokenizer: FinsentTokenizer, labels: LabelSet
@@ -90,8 +108,10 @@ class EncodedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int) -> tuple[list[int], int]:
-        return self.input_ids[i], self.labels[i]
+    def __getitem__(self, i: int) -> tuple[list[int], int] | tuple[list[int], int, list[float] | None]:
+        if self.soft is None:
+            return self.input_ids[i], self.labels[i]
+        return self.input_ids[i], self.labels[i], self.soft[i]
 
     @property
     def lengths(self) -> list[int]:
@@ -99,14 +119,21 @@ class EncodedDataset(Dataset):
 
 
 class Collator:
-    """Pads a list of ``(ids, label)`` with the tokenizer's pad id → ``{input_ids, attention_mask, labels}``."""
+    """Pads a list of ``(ids, label)`` with the tokenizer's pad id → ``{input_ids, attention_mask, labels}``;
+    items ``(ids, label, probs | None)`` add ``soft`` (``[B, K]``, zeros where None) and ``has_soft`` (bool)."""
 
-    def __init__(self, tokenizer: FinsentTokenizer) -> None:
+    def __init__(self, tokenizer: FinsentTokenizer, num_labels: int | None = None) -> None:
         self.tokenizer = tokenizer
+        self.num_labels = num_labels
 
-    def __call__(self, batch: Sequence[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
-        out = self.tokenizer.pad([ids for ids, _ in batch])
-        out["labels"] = torch.tensor([y for _, y in batch], dtype=torch.long)
+    def __call__(self, batch: Sequence[tuple[Any, ...]]) -> dict[str, torch.Tensor]:
+        out = self.tokenizer.pad([item[0] for item in batch])
+        out["labels"] = torch.tensor([item[1] for item in batch], dtype=torch.long)
+        if batch and len(batch[0]) > 2:
+            k = self.num_labels or next((len(item[2]) for item in batch if item[2] is not None), 1)
+            out["soft"] = torch.tensor([item[2] if item[2] is not None else [0.0] * k for item in batch],
+                                       dtype=torch.float32)
+            out["has_soft"] = torch.tensor([item[2] is not None for item in batch], dtype=torch.bool)
         return out
 
 

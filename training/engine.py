@@ -1,6 +1,7 @@
 """The pieces of a fine-tuning step and of evaluation, as plain functions (no Ray; testable on one process).
 
-One micro-step: forward → cross-entropy (+ ``l1·Σ|W_out|`` + forgetting penalties) → backward → optional
+One micro-step: forward → cross-entropy (+ ``l1·Σ|W_out|`` + forgetting penalties; with R-Drop two dropout
+passes of the batch, their mean cross-entropy + ``rdrop·`` symmetric KL between them) → backward → optional
 FGM/PGD pass (its loss is the task loss on perturbed embeddings; its gradients add up with the clean ones).
 Every ``grad_accum`` micro-steps: unscale, clip, optimizer step, LR schedule step, zero grads.
 """
@@ -10,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,6 +27,22 @@ from classifier.modeling import FinsentClassifier
 log = logging.getLogger(__name__)
 
 Batch = dict[str, torch.Tensor]
+#: loss parts averaged per epoch into ``train_<part>`` metrics
+LOGGED_PARTS: tuple[str, ...] = ("l1", "l2sp", "ewc", "rdrop_kl", "distill_ce", "distill_kl")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def autocast_factory(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """A context-manager factory: bf16/fp16 autocast on CUDA, else nothing."""
+    if precision == "fp32" or device.type != "cuda":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
 
 
 def unwrap(model: nn.Module) -> FinsentClassifier:
@@ -35,9 +54,17 @@ def logits_of(model: nn.Module, batch: Batch) -> torch.Tensor:
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
 
 
+def criterion_loss(criterion: nn.Module, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """``criterion(logits, labels)``; a criterion with ``uses_batch = True`` gets the whole batch instead of
+    its labels (distillation reads the teacher's probabilities from it)."""
+    if getattr(criterion, "uses_batch", False):
+        return criterion(logits, batch)
+    return criterion(logits, batch["labels"])
+
+
 def task_loss(model: nn.Module, batch: Batch, criterion: nn.Module) -> torch.Tensor:
-    """Cross-entropy of the model's logits (computed in float32, also under autocast)."""
-    return criterion(logits_of(model, batch).float(), batch["labels"])
+    """The criterion on the model's logits (computed in float32, also under autocast)."""
+    return criterion_loss(criterion, logits_of(model, batch).float(), batch)
 
 
 @dataclass
@@ -71,12 +98,41 @@ class Penalties:
         return total, parts
 
 
-def total_loss(model: nn.Module, batch: Batch, criterion: nn.Module, penalties: Penalties, step: int = 0
-               ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-    """``(task + penalties, task, penalty parts)``."""
-    loss = task_loss(model, batch, criterion)
-    pen, parts = penalties(unwrap(model), step)
-    return (loss if pen is None else loss + pen), loss, parts
+def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
+    """``(KL(p_a || p_b) + KL(p_b || p_a)) / 2`` per example (summed over classes), averaged over the batch."""
+    la, lb = torch.log_softmax(logits_a.float(), -1), torch.log_softmax(logits_b.float(), -1)
+    kl_ab = (la.exp() * (la - lb)).sum(-1)
+    kl_ba = (lb.exp() * (lb - la)).sum(-1)
+    return 0.5 * (kl_ab + kl_ba).mean()
+
+
+def rdrop_task_loss(model: nn.Module, batch: Batch, criterion: nn.Module, alpha: float
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """R-Drop (Liang et al. 2021): the batch twice in one forward (two dropout masks; one pass keeps DDP
+    happy) → ``(mean CE + alpha·KL, mean CE, KL)``."""
+    doubled = {k: torch.cat([batch[k], batch[k]]) for k in ("input_ids", "attention_mask")}
+    la, lb = logits_of(model, doubled).float().chunk(2)
+    ce = 0.5 * (criterion_loss(criterion, la, batch) + criterion_loss(criterion, lb, batch))
+    kl = symmetric_kl(la, lb)
+    return ce + alpha * kl, ce, kl
+
+
+def total_loss(model: nn.Module, batch: Batch, criterion: nn.Module, penalties: Penalties, step: int = 0,
+               rdrop: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """``(task + penalties, task, parts)``; with ``rdrop > 0`` the task loss is R-Drop's. ``parts`` holds the
+    penalties, R-Drop's KL and what the criterion itself reports in its ``parts`` dict (distillation: its
+    cross-entropy and KL terms)."""
+    parts: dict[str, float] = {}
+    if rdrop > 0:
+        loss, ce, kl = rdrop_task_loss(model, batch, criterion, rdrop)
+        parts["rdrop_kl"] = float(kl.detach())
+        task = ce
+    else:
+        loss = task = task_loss(model, batch, criterion)
+    parts.update(getattr(criterion, "parts", {}))
+    pen, pen_parts = penalties(unwrap(model), step)
+    parts.update(pen_parts)
+    return (loss if pen is None else loss + pen), task, parts
 
 
 @dataclass
@@ -90,6 +146,7 @@ class StepContext:
     grad_accum: int = 1
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     scaler: Any = None  # torch.amp.GradScaler for fp16
+    rdrop: float = 0.0  # R-Drop weight (0 = off)
 
 
 def micro_step(ctx: StepContext, batch: Batch, step: int, sync: bool = True) -> dict[str, float]:
@@ -105,7 +162,7 @@ def micro_step(ctx: StepContext, batch: Batch, step: int, sync: bool = True) -> 
     out: dict[str, float] = {}
     with sync_ctx:
         with ctx.autocast():
-            loss, task, parts = total_loss(ctx.model, batch, ctx.criterion, ctx.penalties, step)
+            loss, task, parts = total_loss(ctx.model, batch, ctx.criterion, ctx.penalties, step, ctx.rdrop)
         backward(loss)
         out["loss"], out["task_loss"] = float(loss.detach()), float(task.detach())
         out.update(parts)
@@ -161,7 +218,7 @@ class EpochStats:
         if "adv_loss" in out:
             self.adv_loss_sum += out["adv_loss"]
             self.adv_count += 1
-        for k in ("l1", "l2sp", "ewc"):
+        for k in LOGGED_PARTS:
             if k in out:
                 self.penalty_sums[k] = self.penalty_sums.get(k, 0.0) + out[k]
 
@@ -247,6 +304,9 @@ def flat_dev_metrics(report: dict[str, Any]) -> dict[str, float]:
     """Scalar ``dev_*`` metrics of a dev report (what Ray gets, what the CSV holds)."""
     out = {f"dev_{k}": float(report[k]) for k in ("loss", "accuracy", "macro_f1", "micro_f1", "macro_precision",
                                                   "macro_recall")}
+    out["dev_mean_macro_f1"] = float(report.get("mean_macro_f1", report["macro_f1"]))
     for lab, c in report["per_class"].items():
         out[f"dev_f1_{lab}"] = float(c["f1"])
+    for name, r in (report.get("by_source") or {}).items():
+        out[f"dev_macro_f1@{name}"] = float(r["macro_f1"])
     return out

@@ -14,32 +14,40 @@ steps and at the end of each epoch, and each such point is reported to Ray Train
 control: L2-SP towards the starting weights, layer-wise LR decay, freezing of the lowest layers
 (:mod:`training.forgetting`, :mod:`training.optim`).
 
-Lifecycle: :func:`run_pretrain` (driver: resolve paths, start the Ray Train run, export) → :func:`train_func`
-(each worker; the only code that knows Ray Train) → :class:`PretrainRecipe` (setup / train / evaluate / state,
-plain torch) → output: ``output_dir`` is an encoder directory (:func:`training.mlm.save_encoder_dir`) with
-``pretrain_report.json`` and ``pretrain_curves.png`` beside the weights.
+Lifecycle: the shared driver (:mod:`training.lifecycle`: resolve paths → check inputs → plan/resume →
+start or join Ray → ``TorchTrainer`` → export) runs :class:`PretrainRecipe`: setup / train_step / evaluate /
+checkpoint (plain torch; the worker reaches Ray Train only through its ``WorkerContext``) and the export:
+``output_dir`` is an encoder directory (:func:`training.mlm.save_encoder_dir`) with ``pretrain_report.json``
+and ``pretrain_curves.png`` beside the weights.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import logging
 import math
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
+from pydantic import Field, model_validator
 
-from classifier.errors import ConfigError, DataError
+from classifier.config import build, to_dict
+from classifier.errors import DataError
+from training.config import (
+    EncoderSettings,
+    ForgettingSettings,
+    TrainSettings,
+    check_min,
+    field_error,
+)
+from training.lifecycle import RUN_FILE, Outcome, Recipe, WorkerContext, run_recipe  # noqa: F401 - RUN_FILE re-exported
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +56,6 @@ STATE_FILE = "train_state.pt"
 PROGRESS_FILE = "progress.json"
 REPORT_FILE = "pretrain_report.json"
 CURVES_PNG = "pretrain_curves.png"
-RUN_FILE = "run.json"
 _SHARED = "$FINSENT_SHARED"
 
 #: settings a resumed run must share with the run it continues (the data and model it was built on)
@@ -57,155 +64,107 @@ RESUME_KEYS = ("base_model", "corpus_files", "max_corpus_chars", "max_corpus_doc
                "grad_accum", "num_workers", "seed")
 
 
-def _help(text: str, **kw: Any) -> Any:
-    return field(metadata={"help": text}, **kw)
-
-
-@dataclass
-class PretrainConfig:
+class PretrainConfig(EncoderSettings, ForgettingSettings, TrainSettings):
     """Continue MLM pretraining of an encoder on unlabelled text (one document a line)."""
 
     # ------------------------------------------------------------------ data
-    corpus_files: list[str] = _help("unlabelled text files, one document a line; $FINSENT_SHARED → ../shared",
-                                    default_factory=lambda: [f"{_SHARED}/data/corpus/fin_corpus.txt"])
-    max_corpus_chars: int = _help("read documents until this many characters (0 = the whole corpus)", default=0)
-    max_corpus_docs: int = _help("read at most this many documents (0 = all)", default=0)
-    heldout_fraction: float = _help("fraction of documents held out to measure MLM loss/accuracy", default=0.01)
-    heldout_max_docs: int = _help("at most this many held-out documents (keeps evaluation short)", default=500)
+    corpus_files: list[str] = Field(
+        [f"{_SHARED}/data/corpus/fin_corpus.txt"],
+        description="unlabelled text files, one document a line; $FINSENT_SHARED → ../shared",
+    )
+    max_corpus_chars: int = Field(
+        0,
+        description="read documents until this many characters (0 = the whole corpus)",
+    )
+    max_corpus_docs: int = Field(0, description="read at most this many documents (0 = all)")
+    heldout_fraction: float = Field(
+        0.01,
+        description="fraction of documents held out to measure MLM loss/accuracy",
+    )
+    heldout_max_docs: int = Field(
+        500,
+        description="at most this many held-out documents (keeps evaluation short)",
+    )
 
     # ------------------------------------------------------------------ model
-    base_model: str | None = _help(
-        "encoder to start from: a Hugging Face checkpoint directory, or an earlier pretraining output (its MLM "
-        "head and compound tokens are kept); null = $FINSENT_BASE_MODEL or ../shared/models/me5-small-zh-fin",
-        default=None)
-    lexicon_files: list[str] | None = _help(
-        "finance word lists: jieba user dictionary for whole-word masking, and multi-piece words become compound "
-        "tokens (as in fine-tuning); null = the shared lexicon, [] = none", default=None)
-    extra_words: list[str] = _help("more words for the segmenter / compound tokens", default_factory=list)
-    compound_tokens: bool = _help("pretrain the lexicon's compound tokens as single pieces (as fine-tuning uses "
-                                  "them); false = lexicon words stay multi-piece, masked as whole words",
-                                  default=True)
-    max_len: int = _help("window length in pieces including [CLS]/[SEP]", default=128)
+    compound_tokens: bool = Field(
+        True,
+        description="pretrain the lexicon's compound tokens as single pieces (as fine-tuning uses them); "
+        "false = lexicon words stay multi-piece, masked as whole words",
+    )
+    max_len: int = Field(128, description="window length in pieces including [CLS]/[SEP]")
 
     # ------------------------------------------------------------------ masking
-    mlm_probability: float = _help("fraction of (jieba) words chosen for prediction in each window", default=0.15)
-    mask_prob: float = _help("of the chosen words: fraction replaced by [MASK]", default=0.8)
-    random_prob: float = _help("of the chosen words: fraction replaced by random pieces (the rest stay)",
-                               default=0.1)
+    mlm_probability: float = Field(
+        0.15,
+        description="fraction of (jieba) words chosen for prediction in each window",
+    )
+    mask_prob: float = Field(0.8, description="of the chosen words: fraction replaced by [MASK]")
+    random_prob: float = Field(
+        0.1,
+        description="of the chosen words: fraction replaced by random pieces (the rest stay)",
+    )
 
-    # ------------------------------------------------------------------ optimisation
-    batch_size: int = _help("windows per optimizer micro-step over ALL workers (each gets batch_size/num_workers)",
-                            default=32)
-    eval_batch_size: int = _help("windows per forward pass on the held-out slice (per worker)", default=64)
-    epochs: int = _help("passes over the training windows", default=1)
-    max_steps: int = _help("stop after this many optimizer steps in total (0 = run all epochs)", default=0)
-    lr: float = _help("peak learning rate (AdamW) of the top layer and the MLM head", default=5e-5)
-    warmup_ratio: float = _help("fraction of steps with linear warm-up, then linear decay to 0", default=0.06)
-    layerwise_lr_decay: float = _help("layer-wise LR decay (training/optim.py): layer i below the top gets "
-                                      "lr * decay^i, the embeddings lr * decay^num_layers; 1.0 = off", default=1.0)
-    weight_decay: float = _help("AdamW weight decay (not on biases and LayerNorm weights)", default=0.01)
-    grad_accum: int = _help("micro-steps per optimizer step", default=1)
-    max_grad_norm: float = _help("clip the global gradient norm to this; 0 = no clipping", default=1.0)
-    seed: int = _help("seed of the held-out split, window order, masks and the new MLM head", default=42)
-
-    # ------------------------------------------------------------------ forgetting control
-    l2sp: float = _help("L2-SP: coefficient of ||theta - theta_start||^2 over the encoder (0 = off)", default=0.0)
-    l2sp_anneal_steps: int = _help("L2-SP: RecAdam-style sigmoid decay of the coefficient to ~0 over this many "
-                                   "steps (0 = constant)", default=0)
-    freeze_layers: int = _help("freeze the embeddings (and the tied MLM decoder) and this many lowest layers "
-                               "(0 = train all)", default=0)
-    head_warmup_steps: int = _help(
-        "train only the MLM head (transform, LayerNorm, decoder bias) for this many first steps when the base had "
-        "none, so a random head does not push random gradients into the encoder; the encoder's own warm-up + "
-        "decay schedule starts after them (0 = off; ignored when the checkpoint had a head)", default=0)
+    # ------------------------------------------------------------------ schedule
+    epochs: int = Field(1, description="passes over the training windows")
+    max_steps: int = Field(
+        0,
+        description="stop after this many optimizer steps in total (0 = run all epochs)",
+    )
+    head_warmup_steps: int = Field(
+        0,
+        description="train only the MLM head (transform, LayerNorm, decoder bias) for this many first steps "
+        "when the base had none, so a random head does not push random gradients into the encoder; the "
+        "encoder's own warm-up + decay schedule starts after them (0 = off; ignored when the checkpoint had "
+        "a head)",
+    )
+    eval_every: int = Field(
+        0,
+        description="also evaluate, report and checkpoint every this many steps (0 = at epoch ends only)",
+    )
+    eval_at_start: bool = Field(
+        True,
+        description="measure the held-out MLM loss/accuracy before the first step",
+    )
 
     # ------------------------------------------------------------------ run
-    output_dir: str = _help("the exported encoder directory (use it as fine-tuning base_model), with the "
-                            "report and curves", default="runs/pretrain")
-    overwrite: bool = _help("allow exporting into an output_dir that already holds an encoder", default=False)
-    run_name: str | None = _help("Ray Train run name (folder under storage_path); null = pretrain-<time>",
-                                 default=None)
-    storage_path: str = _help("Ray Train storage for checkpoints (shared storage on a multi-node cluster)",
-                              default="runs/ray")
-    resume: bool = _help("continue the run recorded in output_dir/run.json from its latest checkpoint",
-                         default=False)
-    num_workers: int = _help("Ray Train workers (DDP processes)", default=2)
-    cpus_per_worker: int = _help("CPUs reserved per worker (also its torch thread count)", default=1)
-    use_gpu: Literal["auto"] | bool = _help("one GPU per worker: true, false, or auto (when the cluster has GPUs)",
-                                            default="auto")
-    precision: Literal["fp32", "bf16", "fp16"] = _help("fp32, or bf16/fp16 autocast (GPU only)", default="fp32")
-    eval_every: int = _help("also evaluate, report and checkpoint every this many steps (0 = at epoch ends only)",
-                            default=0)
-    eval_at_start: bool = _help("measure the held-out MLM loss/accuracy before the first step", default=True)
-    keep_checkpoints: int = _help("Ray keeps this many latest checkpoints", default=1)
-    max_failures: int = _help("restart workers from the latest checkpoint this many times after a crash",
-                              default=1)
-    log_every: int = _help("progress bar / running-loss update every this many steps", default=20)
-    progress: bool = _help("show a progress bar on rank 0", default=True)
+    output_dir: str = Field(
+        "runs/pretrain",
+        description="the exported encoder directory (use it as fine-tuning base_model), with the report and "
+        "curves",
+    )
 
-    def __post_init__(self) -> None:
-        def bad(name: str, why: str) -> ConfigError:
-            return ConfigError(f"{name}: {why}")
-
+    @model_validator(mode="after")
+    def _check_pretrain(self) -> PretrainConfig:
         if not self.corpus_files:
-            raise bad("corpus_files", "give at least one text file, e.g. corpus_files=[corpus.txt]")
-        for name in ("batch_size", "eval_batch_size", "epochs", "grad_accum", "num_workers", "cpus_per_worker",
-                     "keep_checkpoints", "log_every", "heldout_max_docs"):
-            if getattr(self, name) < 1:
-                raise bad(name, f"must be at least 1, got {getattr(self, name)}")
-        for name in ("max_corpus_chars", "max_corpus_docs", "max_steps", "l2sp_anneal_steps", "freeze_layers",
-                     "eval_every", "max_failures", "head_warmup_steps"):
-            if getattr(self, name) < 0:
-                raise bad(name, f"must be >= 0, got {getattr(self, name)}")
-        for name in ("weight_decay", "max_grad_norm", "l2sp"):
-            if getattr(self, name) < 0:
-                raise bad(name, f"must be >= 0, got {getattr(self, name)}")
+            raise field_error("corpus_files", "give at least one text file, e.g. corpus_files=[corpus.txt]")
+        check_min(self, ("heldout_max_docs",), 1)
+        check_min(self, ("max_corpus_chars", "max_corpus_docs", "max_steps", "eval_every", "head_warmup_steps"), 0)
         if self.max_len < 16:
-            raise bad("max_len", f"must be at least 16, got {self.max_len}")
-        if self.batch_size % self.num_workers:
-            raise bad("batch_size", f"{self.batch_size} is not divisible by num_workers={self.num_workers}: "
-                      "pick a multiple so every worker gets the same share")
+            raise field_error("max_len", f"must be at least 16, got {self.max_len}")
         if not 0.0 <= self.heldout_fraction < 0.5:
-            raise bad("heldout_fraction", f"must be in [0, 0.5), got {self.heldout_fraction}")
+            raise field_error("heldout_fraction", f"must be in [0, 0.5), got {self.heldout_fraction}")
         if not 0.0 < self.mlm_probability < 1.0:
-            raise bad("mlm_probability", f"must be in (0, 1), got {self.mlm_probability}")
+            raise field_error("mlm_probability", f"must be in (0, 1), got {self.mlm_probability}")
         if self.mask_prob < 0 or self.random_prob < 0 or self.mask_prob + self.random_prob > 1.0:
-            raise bad("mask_prob", f"mask_prob and random_prob must be >= 0 with a sum <= 1, got "
-                      f"{self.mask_prob} + {self.random_prob}")
-        if self.lr <= 0:
-            raise bad("lr", f"must be positive, got {self.lr}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise bad("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
-        if not 0.0 < self.layerwise_lr_decay <= 1.0:
-            raise bad("layerwise_lr_decay", f"must be in (0, 1], got {self.layerwise_lr_decay} (1.0 = off)")
-        if self.precision != "fp32" and self.use_gpu is False:
-            raise bad("precision", f"{self.precision} autocast needs a GPU: use precision=fp32 with use_gpu=false")
+            raise field_error("mask_prob", f"mask_prob and random_prob must be >= 0 with a sum <= 1, got "
+                       f"{self.mask_prob} + {self.random_prob}")
+        return self
 
-    @property
-    def per_worker_batch(self) -> int:
-        return self.batch_size // self.num_workers
+    def path_changes(self) -> dict[str, Any]:
+        from training.config import expand_path
+
+        return {**super().path_changes(), "corpus_files": [str(expand_path(p)) for p in self.corpus_files]}
 
 
 def resolve_paths(cfg: PretrainConfig) -> PretrainConfig:
     """A copy with every path absolute (workers may run elsewhere) and the defaults filled in."""
-    from classifier.paths import default_base_model, default_lexicon
-    from training.config import expand_path
+    from training.config import resolve_paths as resolve
 
-    base = default_base_model(expand_path(cfg.base_model) if cfg.base_model else None)
-    lexicons = [default_lexicon()] if cfg.lexicon_files is None else cfg.lexicon_files
-    return dataclasses.replace(
-        cfg,
-        corpus_files=[str(expand_path(p)) for p in cfg.corpus_files],
-        base_model=str(Path(base).absolute()),
-        lexicon_files=[str(expand_path(p)) for p in lexicons],
-        output_dir=str(expand_path(cfg.output_dir)),
-        storage_path=str(expand_path(cfg.storage_path)),
-    )
+    return resolve(cfg)
 
 
 def from_dict(values: dict[str, Any]) -> PretrainConfig:
-    from classifier.config import build
-
     return build(PretrainConfig, values)
 
 
@@ -248,20 +207,33 @@ def _all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return t
 
 
-class PretrainRecipe:
-    """Plain-torch pretraining on one worker of ``world`` (setup / train_step / evaluate / state).
-    ``wrap`` turns the objective into its distributed form (Ray's ``prepare_model``; identity in one process)."""
+class PretrainRecipe(Recipe):
+    """Pretraining on one worker of ``ctx.world`` (setup / train_step / evaluate / checkpoint, plain torch),
+    and its driver-side export. ``ctx`` (:class:`training.lifecycle.WorkerContext`) wraps the objective for
+    DDP and reports; without one it runs in this process."""
 
-    def __init__(self, cfg: PretrainConfig, rank: int = 0, world: int = 1, device: torch.device | None = None
-                 ) -> None:
-        self.cfg = cfg
-        self.rank = rank
-        self.world = world
-        self.device = device or torch.device("cpu")
+    name = "pretrain"
+    config_class = PretrainConfig
+    resume_must_match = RESUME_KEYS
+
+    def __init__(self, cfg: PretrainConfig, ctx: WorkerContext | None = None) -> None:
+        super().__init__(cfg, ctx)
+        self.rank, self.world, self.device = self.ctx.rank, self.ctx.world, self.ctx.device
+
+    # ------------------------------------------------------------------ driver side
+    @classmethod
+    def export(cls, outcome: Outcome, cfg: PretrainConfig, prepared: Any) -> Path:
+        result = outcome.result
+        if result.checkpoint is None:
+            raise DataError("pretraining finished without a checkpoint (no step ran?)")
+        out = Path(cfg.output_dir)
+        with result.checkpoint.as_directory() as d:
+            export(Path(d), out, cfg, outcome.wall_time_s, outcome.use_gpu)
+        log.info("encoder written to %s", out)
+        return out
 
     # ------------------------------------------------------------------ setup
-    def setup(self, wrap: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
-              checkpoint_dir: Path | None = None) -> None:
+    def setup(self, checkpoint_dir: Path | None = None) -> None:
         from training.forgetting import L2SP, freeze_lowest_layers
         from training.mlm import (
             MaskedLMObjective,
@@ -289,8 +261,8 @@ class PretrainRecipe:
         if checkpoint_dir is not None:
             load_mlm_state(self.model, checkpoint_dir / ENCODER_SUBDIR / "model.safetensors")
             self.progress = json.loads((checkpoint_dir / PROGRESS_FILE).read_text(encoding="utf-8"))
-            _check_resume(self.progress.get("config", {}), cfg)
-        self.objective = wrap(MaskedLMObjective(self.model))
+            log.info("resumed at step %d", self.progress["global_step"])
+        self.objective = self.ctx.prepare_model(MaskedLMObjective(self.model))
         groups = param_groups(self.model, cfg.lr, cfg.weight_decay, cfg.layerwise_lr_decay,
                               head_prefix=head_prefix(self.model))
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
@@ -350,11 +322,9 @@ class PretrainRecipe:
 
     # ------------------------------------------------------------------ steps
     def _autocast(self) -> Any:
-        import contextlib
+        from training.engine import autocast_factory
 
-        if self.device.type != "cuda" or self.cfg.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16)
+        return autocast_factory(self.cfg.precision, self.device)()
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.cfg.seed, epoch, self.rank]).permutation(len(self.train_windows))
@@ -419,7 +389,7 @@ class PretrainRecipe:
         save_encoder_dir(path / ENCODER_SUBDIR, self.model, self.tokenizer, self.export_meta())
         torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                     "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None}, path / STATE_FILE)
-        progress = {**self.progress, "config": _config_dict(self.cfg), "data": self.data_stats}
+        progress = {**self.progress, "config": to_dict(self.cfg), "data": self.data_stats}
         (path / PROGRESS_FILE).write_text(json.dumps(progress, ensure_ascii=False, indent=1), encoding="utf-8")
         return path
 
@@ -428,6 +398,16 @@ class PretrainRecipe:
         return {"base_model": cfg.base_model, "corpus_files": list(cfg.corpus_files),
                 "corpus_chars": self.data_stats["corpus_chars"], "steps": self.progress["global_step"],
                 "max_len": cfg.max_len, "head_loaded_from_base": self.head_loaded}
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> None:
+        """The worker's loop (:func:`run_training`), each evaluation point reported with a checkpoint."""
+        if self.rank == 0:
+            log.info("MLM head %s; %d compound tokens; %d frozen params; %d steps (%d per epoch)",
+                     "loaded" if self.head_loaded else "added", len(self.tokenizer.compound_words), self.frozen,
+                     self.total_steps, self.steps_per_epoch)
+        run_training(self, lambda metrics: self.ctx.report(metrics, self.save_checkpoint),
+                     show_progress=self.cfg.progress and self.rank == 0)
 
 
 def head_first_scheduler(optimizer: torch.optim.Optimizer, total: int, warmup_ratio: float, head_steps: int
@@ -454,56 +434,9 @@ def _gen(seed: int, *parts: int) -> torch.Generator:
     return batch_generator(seed, *parts)
 
 
-def _config_dict(cfg: PretrainConfig) -> dict[str, Any]:
-    from classifier.config import to_dict
-
-    return to_dict(cfg)
-
-
-def _check_resume(saved: dict[str, Any], cfg: PretrainConfig) -> None:
-    now = _config_dict(cfg)
-    diff = [k for k in RESUME_KEYS if k in saved and saved[k] != now.get(k)]
-    if diff:
-        raise ConfigError("resume: the checkpoint was made with other settings for "
-                          + ", ".join(f"{k} ({saved[k]!r} → {now.get(k)!r})" for k in diff)
-                          + ": resume with the same settings, or start a new run (resume=false)")
-
-
-# ================================================================================================ Ray Train
 def train_func(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker; knows nothing of the cluster size beyond rank/world."""
-    import ray.train
-    import ray.train.torch
-
-    cfg = from_dict(config["cfg"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    torch.set_num_threads(cfg.cpus_per_worker)
-    recipe = PretrainRecipe(cfg, rank, world, ray.train.torch.get_device())
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            recipe.setup(ray.train.torch.prepare_model, Path(d))
-        log.info("resumed at step %d", recipe.progress["global_step"])
-    else:
-        recipe.setup(ray.train.torch.prepare_model)
-    if rank == 0:
-        log.info("MLM head %s; %d compound tokens; %d frozen params; %d steps (%d per epoch)",
-                 "loaded" if recipe.head_loaded else "added", len(recipe.tokenizer.compound_words),
-                 recipe.frozen, recipe.total_steps, recipe.steps_per_epoch)
-
-    def report(metrics: dict[str, Any]) -> None:
-        """All workers report; rank 0 attaches the checkpoint."""
-        if rank != 0:
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            recipe.save_checkpoint(Path(tmp))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-    run_training(recipe, report, show_progress=cfg.progress and rank == 0)
+    """Runs on every Ray Train worker (``config``: ``to_dict(PretrainConfig)`` with resolved paths)."""
+    return PretrainRecipe.train_func(config)
 
 
 def run_training(recipe: PretrainRecipe, report: Callable[[dict[str, Any]], None], show_progress: bool) -> None:
@@ -573,61 +506,9 @@ def _point(step: int, epoch: float, tr: Stats | None, ev: Stats, last: dict[str,
 
 # ================================================================================================ driver
 def run_pretrain(cfg: PretrainConfig) -> Path:
-    """Run pretraining on Ray Train (starting a local Ray unless one is running or RAY_ADDRESS is set) and
+    """Run pretraining on Ray Train (:mod:`training.lifecycle`: joins $RAY_ADDRESS or starts a local Ray) and
     export the encoder into ``cfg.output_dir``; returns that path."""
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    cfg = resolve_paths(cfg)
-    out = Path(cfg.output_dir)
-    run_name, storage = _run_identity(cfg, out)
-    cfg = dataclasses.replace(cfg, run_name=run_name, storage_path=storage)
-    if not ray.is_initialized():
-        ray.init(log_to_driver=True)
-    use_gpu = cfg.use_gpu if isinstance(cfg.use_gpu, bool) else ray.cluster_resources().get("GPU", 0) >= 1
-    if cfg.precision != "fp32" and not use_gpu:
-        raise ConfigError(f"precision: {cfg.precision} needs GPUs, and the cluster has none: use precision=fp32")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / RUN_FILE).write_text(json.dumps({"run_name": run_name, "storage_path": storage}), encoding="utf-8")
-    trainer = TorchTrainer(
-        train_func,
-        train_loop_config={"cfg": _config_dict(cfg)},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
-        run_config=RunConfig(name=run_name, storage_path=storage,
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-                             failure_config=FailureConfig(max_failures=cfg.max_failures)),
-    )
-    t0 = time.perf_counter()
-    result = trainer.fit()
-    wall = time.perf_counter() - t0
-    if result.error is not None:
-        raise result.error
-    if result.checkpoint is None:
-        raise DataError("pretraining finished without a checkpoint (no step ran?)")
-    with result.checkpoint.as_directory() as d:
-        export(Path(d), out, cfg, wall, use_gpu)
-    log.info("encoder written to %s", out)
-    return out
-
-
-def _run_identity(cfg: PretrainConfig, out: Path) -> tuple[str, str]:
-    run_file = out / RUN_FILE
-    if cfg.resume:
-        if cfg.run_name:
-            return cfg.run_name, cfg.storage_path
-        if not run_file.is_file():
-            raise ConfigError(f"resume: {run_file} not found: nothing to resume in {out}; start with resume=false")
-        rec = json.loads(run_file.read_text(encoding="utf-8"))
-        return rec["run_name"], rec["storage_path"]
-    if (out / "config.json").is_file() and not cfg.overwrite:
-        raise ConfigError(f"output_dir: {out} already holds an encoder: pass overwrite=true, another output_dir, "
-                          "or resume=true to continue its run")
-    name = cfg.run_name or f"pretrain-{time.strftime('%Y%m%d-%H%M%S')}"
-    if (Path(cfg.storage_path) / name).exists():
-        raise ConfigError(f"run_name: {Path(cfg.storage_path) / name} exists: pick another run_name or resume=true")
-    return name, cfg.storage_path
+    return run_recipe(PretrainRecipe, cfg)
 
 
 def export(checkpoint_dir: Path, out: Path, cfg: PretrainConfig, wall_s: float, use_gpu: bool) -> None:
@@ -640,7 +521,7 @@ def export(checkpoint_dir: Path, out: Path, cfg: PretrainConfig, wall_s: float, 
     report = {
         "steps": progress["global_step"], "epochs_completed": progress["epoch"],
         "final": history[-1] if history else None, "history": history, "train_curve": progress["train_curve"],
-        "data": progress.get("data", {}), "config": _config_dict(cfg), "wall_time_s_this_run": round(wall_s, 1),
+        "data": progress.get("data", {}), "config": to_dict(cfg), "wall_time_s_this_run": round(wall_s, 1),
         "train_time_s": progress.get("elapsed_s"), "machine": {**machine_info(), "use_gpu": use_gpu,
                                                                  "num_workers": cfg.num_workers},
     }
@@ -677,30 +558,18 @@ def plot_curves(history: Sequence[dict[str, Any]], train_curve: Sequence[Sequenc
 
 
 # ================================================================================================ CLI
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="finsent pretrain",
-        description="Domain-adaptive MLM pretraining (whole-word masking) on Ray Train. Settings come from "
-                    "the dataclass defaults, then --config YAML, then key=value overrides.",
-    )
-    p.add_argument("--config", default=None, help="YAML file of settings (e.g. training/configs/pretrain.yaml)")
-    p.add_argument("--help-config", action="store_true", help="list every setting with its default and help")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override settings, e.g. max_steps=200")
-    return p
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    from classifier.config import describe, load_config
+    from classifier.config import parse_command
 
     args_in = list(sys.argv[1:] if argv is None else argv)
     if args_in[:1] == ["pretrain"]:
         args_in = args_in[1:]
-    args = build_parser().parse_args(args_in)
-    if args.help_config:
-        print(describe(PretrainConfig))
-        return 0
+    cfg = parse_command(
+        PretrainConfig, args_in, prog="finsent pretrain",
+        description="Domain-adaptive MLM pretraining (whole-word masking) on Ray Train. Settings come from the "
+                    "defaults, then --config YAML (e.g. training/configs/pretrain.yaml), then key=value overrides.",
+    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = load_config(PretrainConfig, args.config, args.overrides)
     out = run_pretrain(cfg)
     report = json.loads((out / REPORT_FILE).read_text(encoding="utf-8"))
     final = report["final"] or {}
@@ -712,4 +581,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from classifier.config import run_command
+
+    sys.exit(run_command("finsent pretrain", main, sys.argv[1:]))

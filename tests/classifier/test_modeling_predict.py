@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from classifier.errors import InputError, ModelDirError
-from classifier.modeling import load_model_dir
+from classifier.modeldir import load_model_dir
 from classifier.paths import default_base_model
 from classifier.predict import Predictor
 
@@ -16,7 +16,7 @@ TEXTS = ["公司业绩大涨，利好消息", "股价跌停，亏损扩大", "�
 
 
 def test_save_load_round_trip_identical_logits(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from classifier.modeling import save_model_dir
+    from classifier.modeldir import save_model_dir
 
     model, tok, meta = load_model_dir(tiny_model_dir)
     x = tok(TEXTS)
@@ -99,17 +99,20 @@ def test_cli_evaluate_prints_full_report(tiny_model_dir: Path, shared_dir: Path,
     dev = shared_dir / "data" / "finfe" / "dev.txt"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     r = subprocess.run(
-        [sys.executable, "-m", "finsent", "evaluate", "--model", str(tiny_model_dir), "--data", str(dev),
-         "--out", str(tmp_path), "--perturb", "0.1"],
+        [sys.executable, "-m", "finsent", "evaluate", f"model_dir={tiny_model_dir}", f"data=[{dev}]",
+         f"out={tmp_path}", "perturb=[0.1]"],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert r.returncode == 0, r.stderr
     assert "n=1331" in r.stdout and "macro P/R/F1=" in r.stdout and "confusion matrix" in r.stdout
     assert "perturb rate 0.1" in r.stdout
+    assert "<=128 pieces:   1331 examples" in r.stdout and "calibration: ECE" in r.stdout
     report = json.loads((tmp_path / "report.json").read_text())
     m = report["files"][str(dev)]["clean"]
     assert sum(map(sum, m["confusion_matrix"])) == 1331
-    assert (tmp_path / "confusion_dev.png").is_file()
+    assert m["by_length"]["<=128"]["examples"] == 1331 and 0.0 <= m["ece"] <= 1.0
+    assert f"ECE {m['ece']:.4f}" in r.stdout
+    assert (tmp_path / "confusion_dev.png").is_file() and (tmp_path / "reliability_dev.png").stat().st_size > 3000
 
 
 def test_cli_predict_json_lines(tiny_model_dir: Path) -> None:

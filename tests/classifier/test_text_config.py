@@ -1,9 +1,9 @@
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from pydantic import Field
 
-from classifier.config import load_config
+from classifier.config import Config, load_config
 from classifier.errors import ConfigError, InputError
 from classifier.labels import LabelSet
 from classifier.perturb import perturb_texts
@@ -33,13 +33,14 @@ def test_labelset_score() -> None:
         LabelSet(("a", "a"))
 
 
-@dataclass
-class _Cfg:
-    epochs: int = field(default=1, metadata={"help": "passes"})
-    lr: float = field(default=1e-3, metadata={"help": "learning rate"})
-    files: list[str] = field(default_factory=list, metadata={"help": "inputs"})
-    mode: str | None = field(default=None, metadata={"help": "mode"})
-    flag: bool = field(default=False, metadata={"help": "flag"})
+class _Cfg(Config):
+    """A small config."""
+
+    epochs: int = Field(1, description="passes")
+    lr: float = Field(1e-3, description="learning rate")
+    files: list[str] = Field([], description="inputs")
+    mode: str | None = Field(None, description="mode")
+    flag: bool = Field(False, description="flag")
 
 
 def test_load_config_yaml_and_overrides(tmp_path: Path) -> None:

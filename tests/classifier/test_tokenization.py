@@ -82,7 +82,7 @@ def test_missing_base_dir_says_how_to_fix(tmp_path: Path) -> None:
 def test_model_dir_as_base_reuses_its_compound_tokens(tiny_model_dir: Path) -> None:
     """A directory with compound tokens (a DAPT output or a finsent model) keeps their ids and trained rows;
     only words it lacks are appended and mean-initialised."""
-    from classifier.modeling import load_model_dir
+    from classifier.modeldir import load_model_dir
 
     old_model, old_tok, _ = load_model_dir(tiny_model_dir)
     model, tok = build_classifier(tiny_model_dir, ["a", "b", "c"], extra_words=["利好", "净利润"])

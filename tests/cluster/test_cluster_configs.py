@@ -14,7 +14,6 @@ document is read from its content:
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import importlib
 import importlib.util
@@ -881,7 +880,7 @@ def test_kafka_security(path: Path, doc: dict[str, Any]) -> None:
 @_params("kafka")
 def test_kafka_topics_match_stream_defaults(path: Path, doc: dict[str, Any]) -> None:
     StreamConfig = _stream_config_cls()
-    defaults = {f.name: f.default for f in dataclasses.fields(StreamConfig)}
+    defaults = {name: f.default for name, f in StreamConfig.model_fields.items()}
     t = doc["topics"]
     assert t["input"]["name"] == defaults["input_topic"]
     assert t["output"]["name"] == defaults["output_topic"]
@@ -904,7 +903,7 @@ def test_stream_consumers_fit_the_serve_cluster() -> None:
     """The RayService's CPU groups can host one consumer per input partition (the most that get work)."""
     [(_, kafka)] = docs_of("kafka")
     StreamConfig = _stream_config_cls()
-    per_worker = float(next(f.default for f in dataclasses.fields(StreamConfig) if f.name == "ray_num_cpus"))
+    per_worker = float(StreamConfig.model_fields["ray_num_cpus"].default)
     partitions = kafka["topics"]["input"]["partitions"]
     for p, d in docs_of("RayService"):
         spec = d["spec"]["rayClusterConfig"]

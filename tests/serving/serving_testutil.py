@@ -28,7 +28,7 @@ def train_tiny_model(out_dir: Path, seed: int = 0, steps: int = 80) -> Path:
     import torch
 
     from classifier.labels import LabelSet
-    from classifier.modeling import load_model_dir, save_model_dir
+    from classifier.modeldir import load_model_dir, save_model_dir
     from classifier.testing import make_tiny_model_dir
 
     start = make_tiny_model_dir(out_dir.parent / f"{out_dir.name}-init", seed=seed)

@@ -233,6 +233,45 @@ def test_cli_classify_prints_json_lines(app, capsys):
     assert "cannot reach" in capsys.readouterr().err
 
 
+# ------------------------------------------------------------------------------------------------ drift
+def test_drift_status_then_a_label_shift_fires_an_alert(app):
+    from serving_testutil import toy_examples
+
+    from classifier.drift import DriftConfig, DriftStatus
+
+    with ServeClient(app.url) as client:
+        client.classify(TEXTS)
+        status, body = client.request("GET", "/v1/drift")
+        _, schema = client.request("GET", "/openapi.json")
+    assert status == 200 and "/v1/drift" in schema["paths"]
+    drift = DriftStatus.model_validate(body)
+    stats = _stats(app)
+    assert drift.records == stats["texts"] - stats["explained_texts"] > 0  # every batched prediction so far
+    assert drift.model_version == app.predictor.model_version and drift.alerts == 0
+    # the toy model directory has no drift_reference.json: its first 1,000 predictions become the reference
+    needed = DriftConfig().reference_records
+    assert drift.reference is None and drift.reference_progress == {"records": drift.records, "needed": needed}
+    assert drift.windows["count"].records == min(drift.records, 500) and drift.windows["time"].records == drift.records
+
+    def send(texts: list[str]) -> None:  # through the handle, 8 texts a call, all calls in flight together
+        calls = [app.handle.classify.remote(texts[i : i + 8]) for i in range(0, len(texts), 8)]
+        for c in calls:
+            c.result()
+
+    mixed = [t for t, _ in toy_examples()]
+    send([mixed[i % len(mixed)] for i in range(needed)])  # the reference: every kind of news
+    after = app.handle.drift.remote().result()
+    assert after["reference"]["source"] == "stream" and after["reference"]["records"] == needed
+    assert after["alerts"] == 0
+    bad_news = [t for t, label in toy_examples() if label == "利空"]
+    send([bad_news[i % len(bad_news)] for i in range(600)])  # then only bad news
+    shifted = app.handle.drift.remote().result()
+    assert shifted["windows"]["count"]["alerts"] == 1  # one alert, not one per batch
+    alert = shifted["last_alert"]
+    assert alert["top_shifted_label"]["label"] == "利空" and alert["top_shifted_label"]["window_share"] > 0.5
+    assert shifted["windows"]["count"]["firing"] and shifted["windows"]["count"]["statistics"]["label_psi"] > 0.2
+
+
 # ------------------------------------------------------------------------------------------------ live changes
 def test_reconfigure_changes_batching_live(app):
     replica = _stats(app)["replica"]

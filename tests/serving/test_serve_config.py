@@ -32,7 +32,7 @@ def test_defaults_are_valid_and_every_field_documented():
         ({"initial_replicas": 9}, ["initial_replicas (9) must lie within", "leave it unset"]),
         ({"route_prefix": "api"}, ["route_prefix", "must start with '/'"]),
         ({"device": "tpu"}, ["device", "'auto', 'cpu' or 'cuda'"]),
-        ({"max_batch_sise": 8}, ["unknown config key 'max_batch_sise'", "did you mean max_batch_size?"]),
+        ({"max_batch_sise": 8}, ["unknown config key(s): max_batch_sise", "did you mean max_batch_size?"]),
         ({"model_dir": "  "}, ["model_dir", "pass model_dir=/path/to/model"]),
         ({"max_explain_texts": 100}, ["max_explain_texts (100) > max_texts_per_request (64)"]),
     ],
@@ -132,4 +132,4 @@ def test_live_update_is_validated_like_the_config():
         BatchingUpdate.model_validate({"max_batch_size": 0, "model_dri": "/m"})
     msg = format_validation_error(e.value, BatchingUpdate)
     assert "max_batch_size: Input should be greater than or equal to 1 (got 0)" in msg
-    assert "unknown config key 'model_dri': did you mean model_dir?" in msg
+    assert "unknown config key(s): model_dri (did you mean model_dir?)" in msg

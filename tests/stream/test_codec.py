@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -13,6 +14,7 @@ from stream.codec import (
     HEADER_SOURCE_OFFSET,
     HEADER_SOURCE_PARTITION,
     HEADER_SOURCE_TOPIC,
+    MAX_JSON_DEPTH,
     InputRecord,
     as_record_error,
     decode,
@@ -111,6 +113,85 @@ def test_bad_values(value, error, code):
         decode(rec(value), max_text_chars=1000)
     assert info.value.code == code
     assert isinstance(info.value, RecordError) and isinstance(info.value, StreamError)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"null", "value is a JSON null ('null'), not a news item"),
+        (b"42", "value is a JSON number ('42'), not a news item"),
+        (b" -3.5e2 ", "value is a JSON number ('-3.5e2'), not a news item"),
+        (b"true", "value is a JSON boolean ('true'), not a news item"),
+        (b"false", "value is a JSON boolean ('false'), not a news item"),
+        (b'["a", "b"]', "value is a JSON array ('[\"a\", \"b\"]'), not a news item"),
+        ('[{"id": "x", "title": "利好"}]'.encode(), "value is a JSON array"),  # a batch of news is not one item
+        (b"[]", "value is a JSON array ('[]')"),
+        (b"1e400", "unsupported number out of float range (1e400)"),
+        (b'{"title": "x", "n": 1e400}', "unsupported number out of float range"),
+        (b"7" * 5000, "unsupported integer of 5000 digits"),
+        (b'{"title": "x", "n": NaN}', "not valid JSON (NaN is not JSON)"),  # output JSON could not carry it
+        (b'{"title": "a\ud800b"}', "unpaired surrogate escape \\ud800"),  # not writable as UTF-8
+        (b'"\udc00"', "unpaired surrogate escape \\udc00"),
+    ],
+)
+def test_json_that_is_not_a_news_item_is_bad_json_with_the_reason(value, reason):
+    with pytest.raises(BadJsonError) as info:
+        decode(rec(value), max_text_chars=1000)
+    assert info.value.code == "bad_json"
+    assert reason in str(info.value)
+    assert "send a news object" in str(info.value) or "send valid Unicode" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"[" * 5000 + b"]" * 5000,
+        b'{"a": ' * 5000 + b"1" + b"}" * 5000,
+        b'{"id": "x", "title": "t", "extra": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b"[" * 200_000,  # not even valid JSON: refused before parsing all the same
+    ],
+    ids=["arrays", "objects", "inside-a-news-object", "unclosed"],
+)
+def test_deep_nesting_is_bad_json_not_a_recursion_error_and_fast(value):
+    started = time.perf_counter()
+    with pytest.raises(BadJsonError, match=f"levels deep, over the limit of {MAX_JSON_DEPTH}") as info:
+        decode(rec(value), max_text_chars=1000)
+    assert time.perf_counter() - started < 1.0
+    assert info.value.code == "bad_json"
+
+
+def test_nesting_up_to_the_limit_is_fine_and_brackets_in_strings_do_not_count():
+    deep = {"id": "d1", "title": "央行降准", "extra": json.loads("[" * (MAX_JSON_DEPTH - 1) + "]" * (MAX_JSON_DEPTH - 1))}
+    assert decode(rec(json.dumps(deep).encode()), max_text_chars=100).payload["extra"] == deep["extra"]
+    quoted = obj(id="q", title="[" * 100 + "{" * 100 + '\"[[[')
+    assert decode(rec(quoted), max_text_chars=1000).text == "[" * 100 + "{" * 100 + '\"[[['
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        ('"央行宣布降准"'.encode(), "央行宣布降准"),  # a JSON string: its text
+        ('  " 带空白的 JSON 字符串 "  '.encode(), "带空白的 JSON 字符串"),
+        (b'"\u592e\u884c \ud83d\ude00"', "央行 \U0001f600"),  # escapes, a surrogate pair
+        ("[快讯] 某公司股价涨停".encode(), "[快讯] 某公司股价涨停"),  # not JSON: plain text
+        ("42只个股涨停".encode(), "42只个股涨停"),
+        ("-5%！沪指大跌".encode(), "-5%！沪指大跌"),
+        ('"国家队"入场，A股大涨'.encode(), '"国家队"入场，A股大涨'),  # starts with a JSON string, then more
+        ("[1] 新华社快讯".encode(), "[1] 新华社快讯"),
+        ("true story：某公司澄清".encode(), "true story：某公司澄清"),
+        (b"NaN", "NaN"),  # not RFC 8259 JSON
+        (b"[1, 2", "[1, 2"),
+    ],
+)
+def test_json_strings_and_non_json_text_are_classified(value, text):
+    item = decode(rec(value, key=b"k"), max_text_chars=1000)
+    assert item.text == text
+    assert item.key == b"k" and item.payload == {"id": "k", "content": text}
+
+
+def test_blank_json_string_is_no_text():
+    with pytest.raises(NoTextError):
+        decode(rec(b'"  \u3000 "'), max_text_chars=100)
 
 
 def test_text_over_limit_counts_normalised_characters():

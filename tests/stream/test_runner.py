@@ -94,19 +94,31 @@ def poisoned(predict):
 
 
 def test_each_bad_record_kind_lands_in_the_dlq_and_neighbours_are_labelled(topics, model_dir, predictor):
-    good = [(f"g{i}".encode(), json.dumps({"id": f"g{i}", "content": f"公司利润增长{i}成"}).encode())
-            for i in range(6)]
-    bad = {
-        "invalid_utf8": (b"b-utf8", "利好".encode("gbk")),
-        "bad_json": (b"b-json", b'{"id": "b-json", "title": '),
-        "no_text": (b"b-empty", json.dumps({"id": "b-empty", "title": " ", "content": ""}).encode()),
-        "text_too_long": (b"b-long", json.dumps({"id": "b-long", "content": "涨" * 500}).encode()),
-        "classifier_error": (b"b-poison", json.dumps({"id": "b-poison", "content": POISON}).encode()),
-    }
+    # good records: JSON news objects, a JSON string and a plain-text headline that only looks like JSON
+    good = [(f"g{i}".encode(), json.dumps({"id": f"g{i}", "content": f"公司利润增长{i}成"}).encode(),
+             f"公司利润增长{i}成") for i in range(9)]
+    good += [(b"g-str", '"央行宣布降准"'.encode(), "央行宣布降准"),
+             (b"g-flash", "[快讯] 42只个股涨停".encode(), "[快讯] 42只个股涨停")]
+    # (code, key, value, words of the finsent-error-message header)
+    bad = [
+        ("invalid_utf8", b"b-utf8", "利好".encode("gbk"), "not valid UTF-8"),
+        ("bad_json", b"b-json", b'{"id": "b-json", "title": ', "not valid JSON"),
+        ("no_text", b"b-empty", json.dumps({"id": "b-empty", "title": " ", "content": ""}).encode(), "no text"),
+        ("text_too_long", b"b-long", json.dumps({"id": "b-long", "content": "涨" * 500}).encode(),
+         "over max_text_chars=400"),
+        ("classifier_error", b"b-poison", json.dumps({"id": "b-poison", "content": POISON}).encode(),
+         "model crashed"),
+        # JSON that parses but is no news item, and JSON nested too deeply: bad_json with the reason
+        ("bad_json", b"b-null", b"null", "value is a JSON null"),
+        ("bad_json", b"b-number", b"42", "value is a JSON number"),
+        ("bad_json", b"b-bool", b"true", "value is a JSON boolean"),
+        ("bad_json", b"b-array", b'["a", "b"]', "value is a JSON array"),
+        ("bad_json", b"b-deep", b"[" * 5000 + b"]" * 5000, "5000 levels deep, over the limit of 32"),
+    ]
     # good, bad, good, bad, ... on one partition, so the bad ones sit between labelled neighbours
-    sequence = [good[0]]
-    for i, rec in enumerate(bad.values()):
-        sequence += [rec, good[i + 1]]
+    sequence = [good[0][:2]]
+    for i, (_, key, value, _) in enumerate(bad):
+        sequence += [(key, value), good[i + 1][:2]]
     produce(topics.bootstrap, topics.input, sequence, partition=0, headers=[("trace-id", b"t-9")])
 
     seen: list[tuple[str, str]] = []
@@ -118,40 +130,42 @@ def test_each_bad_record_kind_lands_in_the_dlq_and_neighbours_are_labelled(topic
     runner = StreamRunner(cfg, poisoned(predictor.predict), on_error=on_error)
     run_until(runner, lambda r: r.summary.records >= len(sequence))
 
-    assert (runner.summary.labelled, runner.summary.dlq) == (6, 5)
+    assert (runner.summary.labelled, runner.summary.dlq) == (11, 10)
     offsets = {key: i for i, (key, _) in enumerate(sequence)}
-    assert sorted(seen) == sorted((code, f"{topics.input}[0]@{offsets[key]}") for code, (key, _) in bad.items())
+    assert sorted(seen) == sorted((code, f"{topics.input}[0]@{offsets[key]}") for code, key, _, _ in bad)
 
-    dead = read_topic(topics.bootstrap, topics.dlq, min_count=5)
-    assert len(dead) == 5
+    dead = read_topic(topics.bootstrap, topics.dlq, min_count=len(bad))
+    assert len(dead) == len(bad)
     by_key = {r.key: r for r in dead}
-    for code, (key, value) in bad.items():
+    for code, key, value, words in bad:
         r = by_key[key]
         assert r.value == value  # the original bytes
         assert header(r.headers, HEADER_ERROR) == code
+        assert words in header(r.headers, "finsent-error-message"), key
         assert header(r.headers, HEADER_SOURCE_TOPIC) == topics.input
         assert header(r.headers, HEADER_SOURCE_PARTITION) == "0"
         assert header(r.headers, HEADER_SOURCE_OFFSET) == str(offsets[key])
         assert header(r.headers, "trace-id") == "t-9"  # original headers kept
 
-    outputs = read_topic(topics.bootstrap, topics.output, min_count=6)
-    assert sorted(r.key for r in outputs) == sorted(k for k, _ in good)
-    expected = predictor.predict([json.loads(v)["content"] for _, v in good])
-    got = {r.key: json.loads(r.value)["sentiment"]["probabilities"] for r in outputs}
-    for (key, _), want in zip(good, expected, strict=True):
-        assert got[key] == pytest.approx(want["probabilities"], abs=1e-5)
+    outputs = read_topic(topics.bootstrap, topics.output, min_count=len(good))
+    assert sorted(r.key for r in outputs) == sorted(k for k, _, _ in good)
+    expected = predictor.predict([text for _, _, text in good])
+    got = {r.key: json.loads(r.value) for r in outputs}
+    for (key, _, _), want in zip(good, expected, strict=True):
+        assert got[key]["sentiment"]["probabilities"] == pytest.approx(want["probabilities"], abs=1e-5)
+    assert got[b"g-str"]["content"] == "央行宣布降准" and got[b"g-flash"]["content"] == "[快讯] 42只个股涨停"
     body = runner.metrics.registry.get_sample_value
-    for code in bad:
-        assert body("finsent_stream_dlq_total", {"error": code}) == 1.0
+    for code, n in Counter(code for code, _, _, _ in bad).items():
+        assert body("finsent_stream_dlq_total", {"error": code}) == float(n)
     assert body("finsent_stream_classifier_retries_total") == 1.0
 
     # replay-dlq: the classifier errors only, to a side topic; a second replay finds nothing new
     common = {"bootstrap_servers": [topics.bootstrap]}
     side = topics.input + ".replayed"
     counts = replay_dlq(common, topics.dlq, to_topic=side, error="classifier_error", group_id=topics.group + "-r")
-    assert counts == {"read": 5, "replayed": 1, "skipped": 4}
+    assert counts == {"read": len(bad), "replayed": 1, "skipped": len(bad) - 1}
     [replayed] = read_topic(topics.bootstrap, side, min_count=1)
-    assert (replayed.key, replayed.value) == bad["classifier_error"]
+    assert (replayed.key, replayed.value) == (b"b-poison", bad[4][2])
     assert header(replayed.headers, HEADER_ERROR) is None and header(replayed.headers, "trace-id") == "t-9"
     assert header(replayed.headers, HEADER_REPLAYED_FROM).startswith(f"{topics.dlq}[")
     again = replay_dlq(common, topics.dlq, to_topic=side, group_id=topics.group + "-r", idle_timeout_s=2)

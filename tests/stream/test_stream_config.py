@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from classifier.config import load_config
 from classifier.errors import ConfigError
-from stream.cli import _stream_config, _stream_parser
+from stream.cli import stream_config
 from stream.config import StreamConfig
 
 
 def test_every_field_is_documented():
-    for f in dataclasses.fields(StreamConfig):
-        assert len(f.metadata.get("help", "")) > 20, f.name
+    for name, f in StreamConfig.model_fields.items():
+        assert len(f.description or "") > 20, name
 
 
 def test_defaults_and_derived_dlq(tmp_path):
@@ -80,11 +78,10 @@ def test_for_worker(tmp_path):
 
 
 def test_cli_flags_become_overrides(tmp_path):
-    args = _stream_parser().parse_args(
+    cfg = stream_config(
         ["--model", str(tmp_path), "--batch-size", "16", "--exactly-once", "--workers", "2",
          "--input-topic", "a", "--serve", "security.ssl_cafile=/ca.pem"]
     )
-    cfg = _stream_config(args)
     assert (cfg.batch_size, cfg.exactly_once, cfg.workers, cfg.input_topic) == (16, True, 2, "a")
     assert cfg.dlq_topic == "a.dlq"
     assert cfg.serve_app == "finsent" and cfg.model_dir == str(tmp_path)

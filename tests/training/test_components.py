@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from classifier.modeling import load_model_dir
+from classifier.modeldir import load_model_dir
 from classifier.predict import Predictor
 from training.adversarial import FGM, PGD
 from training.callbacks import select_best

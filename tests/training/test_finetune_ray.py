@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from classifier.config import replace
 from classifier.data import read_examples
 from classifier.errors import ConfigError
 from classifier.metrics import compute_metrics
+from classifier.modeldir import weights_version
 from classifier.predict import Predictor
 from training.checkpoint import MODEL_SUBDIR, read_progress
 from training.finetune import RUN_FILE, run_finetune
@@ -82,12 +83,21 @@ def test_two_worker_finetune_learns_exports_and_reloads(tiny_config, synthetic_d
     m = compute_metrics(dev.labels, preds, predictor.labels)
     assert m["confusion_matrix"] == rep["dev_metrics"]["confusion_matrix"]
 
-    # the best checkpoint kept by Ray reloads to identical logits
+    # the best checkpoint kept by Ray reloads to identical logits; the export adds the temperature fitted on dev
     kept = _checkpoints(result.run_path)
     assert rep["best_epoch"] in kept
     from_ckpt = Predictor.from_dir(kept[rep["best_epoch"]] / MODEL_SUBDIR, device="cpu")
-    assert torch.equal(from_ckpt.predict_proba(dev.texts), probs)
-    assert from_ckpt.model_version.split("@")[1] == predictor.model_version.split("@")[1]
+    seqs, _ = predictor.model_inputs(dev.texts)
+    logits = predictor.logits_of(seqs)
+    assert torch.equal(from_ckpt.logits_of(seqs), logits)
+    assert weights_version(kept[rep["best_epoch"]] / MODEL_SUBDIR / "model.safetensors") == weights_version(
+        out / "model.safetensors")
+    temperature = predictor.calibration.encoder_temperature
+    assert torch.allclose(probs, torch.softmax(logits / temperature, -1), atol=1e-6)
+    assert from_ckpt.calibration is None and from_ckpt.model_version != predictor.model_version
+    post = saved["postprocessing"]
+    assert post["temperature"] == pytest.approx(temperature)
+    assert post["after"]["nll"] <= post["before"]["nll"] + 1e-9  # T=1 is among the candidates' neighbourhood
     assert predictor.info()["training_report"]["best_epoch"] == rep["best_epoch"]
 
 
@@ -102,8 +112,8 @@ def test_crashed_run_resumes_from_its_last_checkpoint(tiny_config):
     saved_epoch0 = read_progress(before[0])["history"][0]
 
     with pytest.raises(ConfigError, match=r"resume: epochs=4 \(the run used 3\)"):
-        run_finetune(dataclasses.replace(cfg, resume=True, epochs=4))
-    result = run_finetune(dataclasses.replace(cfg, resume=True, debug_crash_after_epoch=None))
+        run_finetune(replace(cfg, resume=True, epochs=4))
+    result = run_finetune(replace(cfg, resume=True, debug_crash_after_epoch=None))
     rep = result.report
     assert rep["resumed"] is True and rep["run_name"] == record["run_name"]
     assert [e["epoch"] for e in rep["epochs"]] == [0, 1, 2]

@@ -174,7 +174,7 @@ def test_finetune_data_mixes_rehearsal_examples(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ freezing
 def test_freeze_lowest_layers(tiny_model_dir: Path) -> None:
-    from classifier.modeling import load_model_dir
+    from classifier.modeldir import load_model_dir
 
     model, _, _ = load_model_dir(tiny_model_dir)
     enc = model.encoder

@@ -301,12 +301,11 @@ def test_finetuning_reuses_the_pretrained_compound_embeddings(pretrained: dict) 
 
 @pytest.mark.slow
 def test_resume_continues_from_the_latest_checkpoint(pretrained: dict) -> None:
-    import dataclasses
-
+    from classifier.config import replace
     from training.pretrain import run_pretrain
 
     first = pretrained["report"]
-    cfg = dataclasses.replace(pretrained["cfg"], epochs=3, resume=True, run_name=None)
+    cfg = replace(pretrained["cfg"], epochs=3, resume=True, run_name=None)
     out = run_pretrain(cfg)
     rep = json.loads((out / "pretrain_report.json").read_text())
     spe = first["data"]["steps_per_epoch"]

@@ -1,0 +1,399 @@
+"""The whole quality table in one run: linear baselines and the encoder recipe with each technique on and off,
+scored on the held-out TEST split per source and per length bucket, with dev, ECE, wall times and the machine.
+
+    python bench/quality.py                          # everything (trains what is missing: hours on 2 CPU cores)
+    python bench/quality.py --variants default,no-fgm --report-only   # score what is already trained
+    python bench/quality.py --write-docs docs/results.md              # regenerate the README/docs results table
+
+Protocol: the split of ``finsent split`` (runs/split: FinFE forum posts train/dev/test, CFSC news
+train/dev/test, constructed long news dev_long/test_long). Everything is selected on dev — baseline
+regularisation, checkpoints, temperature, blend, the long-text strategy — and test is only reported: no
+number computed on test feeds back into any choice. Variants train once and are reused from ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from classifier.data import read_examples  # noqa: E402
+from classifier.evaluation import score, score_by_bucket  # noqa: E402
+
+log = logging.getLogger("bench.quality")
+
+SOURCES = ("finfe", "cfsc")
+SOURCE_NAMES = {"finfe": "FinFE forum posts", "cfsc": "CFSC news", "cfsc_long": "long news (constructed)"}
+#: variant -> (FinetuneConfig overrides on top of training/configs/finetune.yaml, what it is, compared with)
+VARIANTS: dict[str, tuple[list[str], str, str | None]] = {
+    "default": ([], "default recipe (FGM, EMA, companion blend, temperature)", None),
+    "no-fgm": (["adversarial=none"], "default without FGM", "default"),
+    "rdrop": (["adversarial=none", "rdrop=1.0"], "R-Drop (alpha 1.0) instead of FGM", "no-fgm"),
+    "seed-2": (["seed=2"], "default, seed 2", None),
+    "seed-3": (["seed=3"], "default, seed 3", None),
+    "l1-1e-3": (["adversarial=none", "l1=1e-3"], "no-FGM recipe + L1 1e-3 on the output layer", "no-fgm"),
+    "l1-1e-2": (["adversarial=none", "l1=1e-2"], "no-FGM recipe + L1 1e-2 on the output layer", "no-fgm"),
+}
+LONG_STRATEGIES: tuple[tuple[str, str], ...] = (("head_tail", "mean"), ("sliding_window", "mean"),
+                                                ("sliding_window", "max_polar"), ("sentences", "mean"),
+                                                ("sentences", "max_polar"))
+
+
+# ================================================================================================ machine
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu, flags = platform.processor() or platform.machine(), []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu in ("", platform.machine(), platform.processor()):
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = sorted(f for f in line.split(":", 1)[1].split()
+                               if f == "avx2" or f.startswith(("avx512", "amx", "avx_vnni")))
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpu_flags": flags, "cores": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+# ================================================================================================ data
+def split_files(split: Path) -> dict[str, dict[str, Path]]:
+    files = {s: {k: split / s / f"{k}.txt" for k in ("train", "dev", "test")} for s in SOURCES}
+    files["cfsc_long"] = {"dev": split / "cfsc" / "dev_long.txt", "test": split / "cfsc" / "test_long.txt"}
+    return files
+
+
+def load(files: dict[str, dict[str, Path]], labels: list[str]) -> dict[str, dict[str, Any]]:
+    return {src: {k: read_examples(p, labels, on_error="raise") for k, p in parts.items()}
+            for src, parts in files.items()}
+
+
+# ================================================================================================ baselines
+def _fit_select(make: Any, data: dict[str, dict[str, Any]], labels: list[str], grid: tuple[float, ...]
+                ) -> tuple[Any, float, dict[float, float]]:
+    """Fit ``make(C)`` on train for each C, keep the best mean dev macro-F1 over the sources (dev only)."""
+    train_x = [t for s in SOURCES for t in data[s]["train"].texts]
+    train_y = [t for s in SOURCES for t in data[s]["train"].labels]
+    best, best_c, dev_scores = None, None, {}
+    for c in grid:
+        model = make(c).fit(train_x, train_y)
+        f1 = statistics.mean(score(_proba(model, data[s]["dev"].texts, labels), data[s]["dev"].labels,
+                                   labels)["macro_f1"] for s in SOURCES)
+        dev_scores[c] = f1
+        if best is None or f1 > dev_scores[best_c]:
+            best, best_c = model, c
+    return best, best_c, dev_scores
+
+
+def _proba(model: Any, texts: list[str], labels: list[str]) -> Any:
+    import numpy as np
+    import torch
+
+    p = model.predict_proba(texts)
+    cols = [list(model.classes_).index(lab) for lab in labels]
+    return torch.from_numpy(np.asarray(p)[:, cols]).float()
+
+
+def tfidf_pipeline(c: float) -> Any:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    return make_pipeline(TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=2),
+                         LogisticRegression(C=c, class_weight="balanced", max_iter=3000))
+
+
+def lexicon_pipeline(lexicon: Path) -> Any:
+    """jieba words (finance lexicon as user words) TF-IDF + counts of positive / negative lexicon words → LR."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import FeatureUnion, make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    from classifier.companion import LexiconCounter, read_polar_lexicon
+
+    counter = LexiconCounter(*read_polar_lexicon(lexicon))
+
+    def make(c: float) -> Any:
+        words = TfidfVectorizer(tokenizer=counter.segmenter.cut, token_pattern=None, lowercase=False,
+                                sublinear_tf=True, min_df=2)
+        feats = FeatureUnion([("words", words), ("lexicon", FunctionTransformer(counter.features))])
+        return make_pipeline(feats, LogisticRegression(C=c, class_weight="balanced", max_iter=3000))
+
+    return make
+
+
+def evaluate_probs(name: str, proba: Any, data: dict[str, dict[str, Any]], labels: list[str],
+                   pieces: Any = None) -> dict[str, Any]:
+    """Dev and test scores per source (and per length bucket when ``pieces(texts)`` is given)."""
+    out: dict[str, Any] = {"name": name}
+    for src, parts in data.items():
+        for split in ("dev", "test"):
+            if split not in parts:
+                continue
+            ds = parts[split]
+            p = proba(ds.texts)
+            m = score(p, ds.labels, labels)
+            row = {k: m[k] for k in ("accuracy", "macro_f1", "ece", "nll")}
+            row["n"] = m["n"]
+            row["per_class_f1"] = {lab: m["per_class"][lab]["f1"] for lab in labels}
+            if pieces is not None:
+                row["by_length"] = score_by_bucket(p, ds.labels, pieces(ds.texts), labels)
+            out[f"{split}/{src}"] = row
+    return out
+
+
+def run_baselines(data: dict[str, dict[str, Any]], labels: list[str], lexicon: Path, pieces: Any
+                  ) -> list[dict[str, Any]]:
+    rows = []
+    for name, make in (("TF-IDF char 1-3 + LR", tfidf_pipeline), ("jieba words + lexicon counts + LR",
+                                                                   lexicon_pipeline(lexicon))):
+        t0 = time.perf_counter()
+        model, c, grid = _fit_select(make, data, labels, (0.5, 1.0, 2.0, 4.0, 8.0))
+        wall = time.perf_counter() - t0
+        row = evaluate_probs(name, lambda texts, m=model: _proba(m, texts, labels), data, labels, pieces)
+        row.update({"kind": "baseline", "selected_C": c, "dev_grid": grid, "wall_time_s": wall})
+        rows.append(row)
+        log.info("%s: C=%s selected on dev (%s), test FinFE %.4f, CFSC %.4f", name, c, grid,
+                 row["test/finfe"]["macro_f1"], row["test/cfsc"]["macro_f1"])
+    return rows
+
+
+# ================================================================================================ encoder
+def train_variant(name: str, out: Path, config: Path, extra: list[str]) -> Path:
+    model_dir = out / name
+    if (model_dir / "training_report.json").is_file():
+        log.info("%s: reusing %s", name, model_dir)
+        return model_dir
+    from classifier.config import load_config
+    from training.config import FinetuneConfig
+    from training.finetune import run_finetune
+
+    overrides = [*VARIANTS[name][0], *extra, f"output_dir={model_dir}", "overwrite=true", "export_variants=true",
+                 f"storage_path={out / 'ray'}"]
+    log.info("%s: training (%s)", name, " ".join(overrides))
+    run_finetune(load_config(FinetuneConfig, config, overrides))
+    return model_dir
+
+
+def evaluate_model(name: str, model_dir: Path, data: dict[str, dict[str, Any]], labels: list[str]) -> list[dict]:
+    """Rows for one trained variant: as shipped, encoder alone (no blend), uncalibrated, raw vs EMA weights,
+    and the long-text strategies (selected on dev_long)."""
+    import dataclasses
+
+    from classifier.calibration import Calibration
+    from classifier.predict import Predictor
+
+    report = json.loads((model_dir / "training_report.json").read_text(encoding="utf-8"))
+    base = {"variant": name, "wall_time_s": report["wall_time_s"], "best_epoch": report["best_epoch"],
+            "weights": report["best_metric"].get("weights", "raw"), "kind": "encoder"}
+    predictor = Predictor.from_dir(model_dir, device="cpu", batch_size=64)
+
+    def pieces(texts: list[str]) -> list[int]:
+        return [len(ids) for ids in predictor.tokenizer.encode(texts)]
+
+    short = {k: v for k, v in data.items() if k != "cfsc_long"}
+    rows = [{**base, **evaluate_probs(f"{name}: as shipped", predictor.predict_proba, short, labels, pieces),
+             "setting": "shipped"}]
+    cal = predictor.calibration
+    if cal is not None and cal.blend is not None:
+        predictor.calibration = Calibration(cal.encoder_temperature)
+        rows.append({**base, **evaluate_probs(f"{name}: encoder alone (no companion blend)", predictor.predict_proba,
+                                              short, labels, pieces), "setting": "no_companion"})
+    predictor.calibration = None
+    rows.append({**base, **evaluate_probs(f"{name}: uncalibrated encoder", predictor.predict_proba, short, labels,
+                                          pieces), "setting": "uncalibrated"})
+    predictor.calibration = cal
+    for wname in ("raw", "ema"):
+        vdir = model_dir / "variants" / wname
+        if vdir.is_dir():
+            vp = Predictor.from_dir(vdir, device="cpu", batch_size=64)
+            rows.append({**base, **evaluate_probs(f"{name}: {wname} weights of the best epoch", vp.predict_proba,
+                                                  short, labels, pieces), "setting": f"weights_{wname}"})
+    # long news: each truncation strategy x pooling, selected on dev_long, reported on test_long
+    long_rows = []
+    trunc = predictor.tokenizer.truncation
+    for strategy, pooling in LONG_STRATEGIES:
+        predictor.tokenizer.truncation = dataclasses.replace(trunc, strategy=strategy, pooling=pooling)
+        r = evaluate_probs(f"{name}: long news, {strategy}/{pooling}", predictor.predict_proba,
+                           {"cfsc_long": data["cfsc_long"]}, labels, pieces)
+        long_rows.append({**base, **r, "setting": f"long_{strategy}_{pooling}", "strategy": strategy,
+                          "pooling": pooling})
+    predictor.tokenizer.truncation = trunc
+    best_long = max(long_rows, key=lambda r: r["dev/cfsc_long"]["macro_f1"])
+    best_long["selected_on_dev"] = True
+    return rows + long_rows
+
+
+# ================================================================================================ tables
+def _f(x: float) -> str:
+    return f"{x:.4f}"
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    m = row.get(key)
+    return f"{m['macro_f1']:.4f} ({m['accuracy']:.3f})" if m else "–"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    rows, mach = result["rows"], result["machine"]
+    lines = [f"Measured {mach['date']} on {mach['cpu']} ({mach['cores']} cores; flags: "
+             f"{' '.join(mach['cpu_flags']) or 'none of avx2/avx512/amx'}), torch {mach['torch']}; load average "
+             f"at start {', '.join(f'{x:.1f}' for x in result['load_start'])} (other jobs shared the machine). "
+             f"Split: `finsent split` seed {result['split']['seed']}; test sizes FinFE "
+             f"{result['sizes']['test/finfe']}, CFSC {result['sizes']['test/cfsc']}, constructed long news "
+             f"{result['sizes']['test/cfsc_long']}. Macro-F1 (accuracy) on **test**; dev = mean of the two "
+             "sources' dev macro-F1 (what selected the checkpoint).", "",
+             "| model | FinFE test | CFSC news test | long news test (>512 pieces) | ECE FinFE / CFSC | dev | "
+             "train wall |", "|---|---|---|---|---|---|---|"]
+    shipped = [r for r in rows if r.get("setting") in (None, "shipped")]
+    for r in shipped:
+        long = next((x for x in rows if x.get("variant") == r.get("variant") and x.get("selected_on_dev")), None)
+        dev = statistics.mean(r[f"dev/{s}"]["macro_f1"] for s in SOURCES)
+        ece = f"{r['test/finfe']['ece']:.3f} / {r['test/cfsc']['ece']:.3f}"
+        wall = r.get("wall_time_s", 0)
+        long_cell = _cell(long, "test/cfsc_long") if long else _cell(r, "test/cfsc_long")
+        wall_cell = f"{wall / 60:.1f} min" if wall > 60 else f"{wall:.0f} s"
+        lines.append(f"| {r['name']} | {_cell(r, 'test/finfe')} | {_cell(r, 'test/cfsc')} | {long_cell} | {ece} | "
+                     f"{dev:.4f} | {wall_cell} |")
+    lines += ["", "Each technique, on vs off (test macro-F1; Δ = on − off):", "",
+              "| technique | FinFE on / off (Δ) | CFSC on / off (Δ) | kept? |", "|---|---|---|---|"]
+    for t in result.get("techniques", []):
+        lines.append(f"| {t['technique']} | {t['finfe_on']:.4f} / {t['finfe_off']:.4f} ({t['finfe_on'] - t['finfe_off']:+.4f})"
+                     f" | {t['cfsc_on']:.4f} / {t['cfsc_off']:.4f} ({t['cfsc_on'] - t['cfsc_off']:+.4f}) | {t['kept']} |")
+    long_rows = [r for r in rows if str(r.get("setting", "")).startswith("long_") and r.get("variant") == "default"]
+    if long_rows:
+        lines += ["", "Long news (constructed from held-out CFSC sentences; > 512 pieces), default model:", "",
+                  "| strategy / pooling | dev_long macro-F1 | test_long macro-F1 (acc) |", "|---|---|---|"]
+        for r in long_rows:
+            mark = " (selected on dev)" if r.get("selected_on_dev") else ""
+            lines.append(f"| {r['strategy']} / {r['pooling']}{mark} | {r['dev/cfsc_long']['macro_f1']:.4f} | "
+                         f"{_cell(r, 'test/cfsc_long')} |")
+    seeds = result.get("seeds")
+    if seeds:
+        lines += ["", f"Seeds ({', '.join(seeds['variants'])}): test macro-F1 FinFE {seeds['finfe_mean']:.4f} ± "
+                  f"{seeds['finfe_std']:.4f}, CFSC {seeds['cfsc_mean']:.4f} ± {seeds['cfsc_std']:.4f} (mean ± sd)."]
+    return "\n".join(lines)
+
+
+def techniques(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def get(variant: str, setting: str) -> dict[str, Any] | None:
+        return next((r for r in rows if r.get("variant") == variant and r.get("setting") == setting), None)
+
+    out = []
+
+    def add(name: str, on: dict | None, off: dict | None) -> None:
+        if on and off:
+            d = {"technique": name, "finfe_on": on["test/finfe"]["macro_f1"], "finfe_off": off["test/finfe"]["macro_f1"],
+                 "cfsc_on": on["test/cfsc"]["macro_f1"], "cfsc_off": off["test/cfsc"]["macro_f1"]}
+            gain = (d["finfe_on"] - d["finfe_off"]) + (d["cfsc_on"] - d["cfsc_off"])
+            d["kept"] = "yes" if gain > 0 else "no"
+            out.append(d)
+
+    add("companion blend (stacking)", get("default", "shipped"), get("default", "no_companion"))
+    add("EMA weight averaging", get("default", "weights_ema"), get("default", "weights_raw"))
+    add("FGM", get("default", "shipped"), get("no-fgm", "shipped"))
+    add("R-Drop (no FGM)", get("rdrop", "shipped"), get("no-fgm", "shipped"))
+    add("L1 1e-3 on the output layer", get("l1-1e-3", "shipped"), get("no-fgm", "shipped"))
+    add("L1 1e-2 on the output layer", get("l1-1e-2", "shipped"), get("no-fgm", "shipped"))
+    return out
+
+
+def write_docs(path: Path, md: str) -> None:
+    text = path.read_text(encoding="utf-8") if path.is_file() else "# Results\n\n<!-- quality:begin -->\n<!-- quality:end -->\n"
+    new = re.sub(r"<!-- quality:begin -->.*<!-- quality:end -->",
+                 lambda _: f"<!-- quality:begin -->\n<!-- generated by bench/quality.py; do not edit by hand -->\n{md}\n"
+                           "<!-- quality:end -->", text, flags=re.S)
+    path.write_text(new, encoding="utf-8")
+
+
+# ================================================================================================ main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(REPO / "training" / "configs" / "finetune.yaml"))
+    ap.add_argument("--split", default="runs/split", help="the split of `finsent split` (written if missing)")
+    ap.add_argument("--out", default="runs/quality", help="where variants are trained and results written")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {list(VARIANTS)}")
+    ap.add_argument("--train-only", action="store_true", help="train the missing variants, do not score")
+    ap.add_argument("--report-only", action="store_true", help="score what is trained, train nothing")
+    ap.add_argument("--write-docs", default=None, help="replace the generated section of this Markdown file")
+    ap.add_argument("overrides", nargs="*", metavar="key=value", help="FinetuneConfig overrides for every variant")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from classifier.labels import DEFAULT_LABELS
+    from classifier.paths import default_lexicon
+    from classifier.splits import MANIFEST, SplitConfig, make_split
+
+    labels = list(DEFAULT_LABELS)
+    split = Path(args.split).absolute()
+    if not (split / MANIFEST).is_file():
+        make_split(SplitConfig(out_dir=str(split)))
+    out = Path(args.out).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in wanted if v not in VARIANTS]
+    if unknown:
+        ap.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+    load_start = os.getloadavg()
+    t_start = time.perf_counter()
+    if not args.report_only:
+        for v in wanted:
+            train_variant(v, out, Path(args.config), args.overrides)
+    if args.train_only:
+        return 0
+    data = load(split_files(split), labels)
+    from classifier.tokenization import FinsentTokenizer
+
+    default_tok = None
+
+    def pieces(texts: list[str]) -> list[int]:
+        nonlocal default_tok
+        if default_tok is None:
+            from classifier.paths import default_base_model
+
+            default_tok = FinsentTokenizer.from_base(default_base_model(None), [default_lexicon()])
+        return [len(ids) for ids in default_tok.encode(texts)]
+
+    rows = run_baselines({k: v for k, v in data.items()}, labels, Path(default_lexicon()), pieces)
+    for v in wanted:
+        if (out / v / "training_report.json").is_file():
+            rows += evaluate_model(v, out / v, data, labels)
+    result: dict[str, Any] = {"machine": machine(), "load_start": list(load_start),
+                              "split": json.loads((split / MANIFEST).read_text(encoding="utf-8")),
+                              "sizes": {f"{k}/{s}": len(d[k]) for s, d in data.items() for k in ("dev", "test")
+                                        if k in d},
+                              "rows": rows, "techniques": techniques(rows),
+                              "scoring_wall_time_s": time.perf_counter() - t_start}
+    seed_rows = [r for r in rows if r.get("setting") == "shipped" and r.get("variant") in ("default", "seed-2", "seed-3")]
+    if len(seed_rows) >= 2:
+        f = [r["test/finfe"]["macro_f1"] for r in seed_rows]
+        c = [r["test/cfsc"]["macro_f1"] for r in seed_rows]
+        result["seeds"] = {"variants": [r["variant"] for r in seed_rows], "finfe_mean": statistics.mean(f),
+                           "finfe_std": statistics.stdev(f), "cfsc_mean": statistics.mean(c),
+                           "cfsc_std": statistics.stdev(c)}
+    md = markdown(result)
+    (out / "quality.json").write_text(json.dumps(result, ensure_ascii=False, indent=1, default=str), encoding="utf-8")
+    (out / "quality.md").write_text(md + "\n", encoding="utf-8")
+    print(md)
+    if args.write_docs:
+        write_docs(Path(args.write_docs), md)
+        print(f"updated {args.write_docs}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
