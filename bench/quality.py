@@ -45,6 +45,9 @@ VARIANTS: dict[str, tuple[list[str], str, str | None]] = {
     "l1-1e-3": (["adversarial=none", "l1=1e-3"], "no-FGM recipe + L1 1e-3 on the output layer", "no-fgm"),
     "l1-1e-2": (["adversarial=none", "l1=1e-2"], "no-FGM recipe + L1 1e-2 on the output layer", "no-fgm"),
 }
+#: students of `finsent distill` (training/configs/distill-*.yaml), scored when their directory exists in --out
+STUDENTS: dict[str, str] = {"distill-6": "6-layer student of the default model (finsent distill)",
+                            "distill-4": "4-layer student of the default model (finsent distill)"}
 LONG_STRATEGIES: tuple[tuple[str, str], ...] = (("head_tail", "mean"), ("sliding_window", "mean"),
                                                 ("sliding_window", "max_polar"), ("sentences", "mean"),
                                                 ("sentences", "max_polar"))
@@ -369,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         return [len(ids) for ids in default_tok.encode(texts)]
 
     rows = run_baselines({k: v for k, v in data.items()}, labels, Path(default_lexicon()), pieces)
-    for v in wanted:
+    for v in [*wanted, *STUDENTS]:
         if (out / v / "training_report.json").is_file():
             rows += evaluate_model(v, out / v, data, labels)
     result: dict[str, Any] = {"machine": machine(), "load_start": list(load_start),
