@@ -38,6 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from classifier.host import host_info, host_line  # noqa: E402
+
 log = logging.getLogger("bench.feedback_loop")
 
 #: method → (label, LearnConfig settings)
@@ -47,35 +49,6 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "rehearsal+l2sp": ("rehearsal + L2-SP", {"forgetting": "l2sp"}),
 }
 #: CPU flags that decide CPU inference and training speed
-CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
-
-
-def machine() -> dict[str, Any]:
-    """CPU model and the flags that matter, cores, memory, torch, GPU."""
-    import platform
-
-    import torch
-
-    info: dict[str, Any] = {"cpu": platform.machine(), "flags": [], "cpus": os.cpu_count(), "torch": torch.__version__,
-                            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        info["cpu"] = next(ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name"))
-        flags = set(next(ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")))
-        info["flags"] = [f for f in CPU_FLAGS if f in flags]
-        mem = next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal"))
-        info["memory_gib"] = round(int(mem.split()[1]) / 2**20, 1)
-    except (OSError, StopIteration):
-        pass
-    return info
-
-
-def machine_line(m: dict[str, Any]) -> str:
-    flags = ", ".join(m.get("flags") or []) or "none of " + "/".join(CPU_FLAGS)
-    mem = f", {m['memory_gib']} GiB" if m.get("memory_gib") else ""
-    return f"{m['cpu']} ({m['cpus']} CPUs{mem}; flags {flags}), {m['gpu'] or 'no GPU'}, torch {m['torch']}"
-
-
 def split_file(split: Path, rel: str) -> Path:
     from classifier.splits import ensure_default_split
 
@@ -145,7 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         limit = args.corrections
     corrections = corrections_from(split_file(split, "cfsc/train.txt"), limit, args.seed)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    results: dict[str, Any] = {"mode": mode, "machine": machine(), "corrections": len(corrections),
+    results: dict[str, Any] = {"mode": mode, "machine": host_info(), "corrections": len(corrections),
                                "set": args.set, "methods": {}}
     if args.live_model:
         live_dir, live_wall = Path(args.live_model).absolute(), None
@@ -200,7 +173,7 @@ def table(results: dict[str, Any]) -> str:
     notes = [f"mode: {results['mode']}; {results['corrections']} CFSC corrections"
              + (f" ({first['held_back']} held back by id hash)" if first else "")
              + (f"; live model trained here in {results['live']['wall_s']:.0f} s" if results["live"].get("wall_s") else ""),
-             f"machine: {machine_line(results['machine'])}"]
+             f"machine: {host_line(results['machine'])}"]
     if first:
         fraction = max(m["rehearsal_fraction"] for m in results["methods"].values())
         notes.append(f"fine-tuning (finsent learn settings): {first['finetune']}; rehearsal fraction {fraction:g} "

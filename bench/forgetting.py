@@ -45,6 +45,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from classifier.host import host_line  # noqa: E402
+
 log = logging.getLogger("bench.forgetting")
 FINETUNE_YAML = REPO / "training" / "configs" / "finetune.yaml"
 
@@ -135,19 +137,7 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    import platform
 
-    import torch
-
-    cpu = platform.machine()
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                   if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} CPUs, {gpu}, torch {torch.__version__}"
 
 
 # ------------------------------------------------------------------------------------------------ experiment
@@ -180,7 +170,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               *args.set]
     t1 = ["epochs=1", "max_train_examples=3000", "fisher_max_batches=50"] if args.quick else []
     t2 = ["epochs=2", "max_train_examples=1200"] if args.quick else []
-    results: dict[str, Any] = {"quick": args.quick, "methods": {}, "machine": machine(),
+    results: dict[str, Any] = {"quick": args.quick, "methods": {}, "machine": host_line(),
                                "settings": {"common": common, "task1": t1, "task2": t2}}
     previous = out / "results.json"
     if args.resume and previous.is_file():  # keep task 1 and the methods already run

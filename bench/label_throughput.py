@@ -23,7 +23,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -56,22 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def machine() -> dict[str, Any]:
-    import torch
 
-    cpu, flags = platform.processor() or platform.machine(), []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu in ("", platform.machine(), platform.processor()):
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = sorted(f for f in line.split(":", 1)[1].split()
-                               if f == "avx2" or f.startswith(("avx512", "amx", "avx_vnni")))
-    except OSError:
-        pass
-    return {"cpu": cpu, "cpu_flags": flags, "cores": os.cpu_count(), "torch": torch.__version__,
-            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-            "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
 def write_docs(corpus: Path, n: int, out: Path) -> list[str]:
@@ -150,9 +134,10 @@ def main(argv: list[str] | None = None) -> int:
             model = make_tiny_model_dir(work / "tiny")
         corpus = work / f"corpus-{args.docs}.txt"
         docs = write_docs(args.corpus, args.docs, corpus)
-        mach = machine()
-        print(f"host: {mach['cpu']}, {mach['cores']} cores, flags {' '.join(mach['cpu_flags']) or 'none'}, "
-              f"torch {mach['torch']}, load average {mach['load_average']}")
+        from classifier.host import host_info, host_line
+
+        mach = host_info()
+        print(f"host: {host_line(mach)}")
         print(f"model: {model}; {len(docs):,} documents; batch {args.batch_size}, forward batch "
               f"{args.model_batch_size}, quantize {args.quantize}, backend {args.backend}")
         plain = None

@@ -17,7 +17,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import re
 import statistics
 import sys
@@ -30,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from classifier.data import read_examples  # noqa: E402
 from classifier.evaluation import score, score_by_bucket  # noqa: E402
+from classifier.host import host_info, host_line  # noqa: E402
 
 log = logging.getLogger("bench.quality")
 
@@ -54,25 +54,6 @@ LONG_STRATEGIES: tuple[tuple[str, str], ...] = (("head_tail", "mean"), ("sliding
 
 
 # ================================================================================================ machine
-def machine() -> dict[str, Any]:
-    import torch
-
-    cpu, flags = platform.processor() or platform.machine(), []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu in ("", platform.machine(), platform.processor()):
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = sorted(f for f in line.split(":", 1)[1].split()
-                               if f == "avx2" or f.startswith(("avx512", "amx", "avx_vnni")))
-    except OSError:
-        pass
-    return {"cpu": cpu, "cpu_flags": flags, "cores": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-            "date": time.strftime("%Y-%m-%d %H:%M")}
-
-
 # ================================================================================================ data
 def split_files(split: Path) -> dict[str, dict[str, Path]]:
     files = {s: {k: split / s / f"{k}.txt" for k in ("train", "dev", "test")} for s in SOURCES}
@@ -254,9 +235,9 @@ def _cell(row: dict[str, Any], key: str) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     rows, mach = result["rows"], result["machine"]
-    lines = [f"Measured {mach['date']} on {mach['cpu']} ({mach['cores']} cores; flags: "
-             f"{' '.join(mach['cpu_flags']) or 'none of avx2/avx512/amx'}), torch {mach['torch']}; load average "
-             f"at start {', '.join(f'{x:.1f}' for x in result['load_start'])} (other jobs shared the machine). "
+    lines = [f"Measured {mach['date']} on {host_line(mach)} (load average at start of scoring "
+             f"{', '.join(f'{x:.1f}' for x in result['load_start'])}; training wall times are from each run's "
+             "report, and other jobs shared the machine during them). "
              f"Split: `finsent split` seed {result['split']['seed']}; test sizes FinFE "
              f"{result['sizes']['test/finfe']}, CFSC {result['sizes']['test/cfsc']}, constructed long news "
              f"{result['sizes']['test/cfsc_long']}. Macro-F1 (accuracy) on **test**; dev = mean of the two "
@@ -375,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     for v in [*wanted, *STUDENTS]:
         if (out / v / "training_report.json").is_file():
             rows += evaluate_model(v, out / v, data, labels)
-    result: dict[str, Any] = {"machine": machine(), "load_start": list(load_start),
+    result: dict[str, Any] = {"machine": host_info(), "load_start": list(load_start),
                               "split": json.loads((split / MANIFEST).read_text(encoding="utf-8")),
                               "sizes": {f"{k}/{s}": len(d[k]) for s, d in data.items() for k in ("dev", "test")
                                         if k in d},

@@ -28,8 +28,6 @@ import json
 import logging
 import math
 import os
-import platform
-import re
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -40,6 +38,7 @@ from typing import Any
 import torch
 
 from classifier.errors import ConfigError, ModelDirError
+from classifier.host import cpu_info
 
 log = logging.getLogger(__name__)
 
@@ -102,27 +101,6 @@ SAMPLE_TEXTS: tuple[str, ...] = (
 
 
 # ================================================================================================ host
-_FLAG_RE = re.compile(r"^(avx2|avx512\w*|avx_vnni\w*|amx\w*|fma)$")
-
-
-def cpu_info() -> dict[str, Any]:
-    """This host's CPU model and the instruction-set flags that decide int8/fp32 speed (avx2, avx512*, vnni,
-    amx), from ``/proc/cpuinfo`` on Linux (the platform's processor string elsewhere)."""
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and value.strip():
-            name = value.strip()
-        elif key in ("flags", "Features") and not flags:
-            flags = {f for f in value.split() if _FLAG_RE.match(f)}
-    vnni = any("vnni" in f for f in flags)
-    return {"model": name, "flags": sorted(flags), "vnni": vnni, "amx": any(f.startswith("amx") for f in flags),
-            "logical_cpus": os.cpu_count()}
 
 
 def library_versions() -> dict[str, str]:

@@ -3,11 +3,9 @@ curves PNG, the best epoch's confusion PNG, and ``training_report.json``."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import logging
-import platform
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -113,28 +111,10 @@ def select_best(history: Sequence[dict[str, Any]], select_metric: str) -> dict[s
 
 
 def machine_info() -> dict[str, Any]:
-    import os
+    """The machine of a run (:func:`classifier.host.host_info`), for training reports."""
+    from classifier.host import host_info
 
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
-                            "cpu": cpu, "cpu_count": os.cpu_count(),
-                            "torch": torch.__version__, "cuda": torch.cuda.is_available()}
-    try:
-        import ray
-
-        info["ray"] = ray.__version__
-    except ImportError:  # pragma: no cover
-        pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
+    return host_info()
 
 
 def build_report(config: dict[str, Any], data_summary: dict[str, Any], history: Sequence[dict[str, Any]],
