@@ -2,8 +2,8 @@
 encoder with identical settings and compare dev macro-F1 on FinFE (train → dev) and on CFSC (the 80 % / 20 %
 split of bench/forgetting.py, seed 42: train on the 80 % minus a 10 % dev slice, report the 20 % held-out).
 
-    unshare -n sh -c 'ip link set lo up && .venv/bin/python bench/dapt.py --quick'
-    unshare -n sh -c 'ip link set lo up && .venv/bin/python bench/dapt.py'                 # whole corpus, 1 epoch
+    python bench/dapt.py --quick
+    python bench/dapt.py                 # whole corpus, 1 epoch
     ... bench/dapt.py --encoder runs/pretrain            # reuse an encoder from `python -m training pretrain`
     ... bench/dapt.py --pretrain-set max_steps=2000 l2sp=0.01 --finetune-set epochs=2
 

@@ -19,7 +19,7 @@ and on the CFSC test split (learning), the gate's decision at its default rules,
     python bench/feedback_loop.py --live-model runs/quality/nofgm --set finetune.epochs=3 l2sp=1
 
 Ray needs a private network namespace on the shared machines (see docs/development.md): run it through
-`bash scripts/dev.sh` or `unshare -n`. Everything lands in --out (default runs/bench/feedback-loop): the live
+`bash scripts/dev.sh` (docs/development.md). Everything lands in --out (default runs/bench/feedback-loop): the live
 model, one learn run directory per method, results.json and results.md.
 """
 

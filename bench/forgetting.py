@@ -15,8 +15,8 @@ macro-F1:
 
 Run (Ray needs a private network namespace here, see ../shared/notes/ray.md):
 
-    unshare -n sh -c 'ip link set lo up && .venv/bin/python bench/forgetting.py --quick'
-    unshare -n sh -c 'ip link set lo up && .venv/bin/python bench/forgetting.py'          # full data, 3 epochs
+    python bench/forgetting.py --quick
+    python bench/forgetting.py          # full data, 3 epochs
     ... bench/forgetting.py --methods none l2sp:1 ewc:auto rehearsal:0.2 --set lr=5e-5
 
 --quick: 3,000 FinFE training examples for 1 epoch, then 1,200 CFSC ones for 2 epochs (evaluation always on the full FinFE dev
@@ -25,8 +25,8 @@ directory per run, results.json and results.md.
 
 Task 2 continues the task-1 model directory itself (`init_model`: its encoder, compound tokens and linear head),
 so EWC's Fisher and L2-SP's anchor cover everything task 1 trained. `--task1-model DIR` reuses a finished FinFE
-model (e.g. the `nofgm` model of bench/finetune_quality.py, trained with finetune.yaml on the full FinFE train
-set) instead of training task 1 again; its Fisher is then estimated here on FinFE train.
+model (e.g. one trained with finetune.yaml on FinFE train only) instead of training task 1 again; its Fisher is
+then estimated here on FinFE train.
 """
 
 from __future__ import annotations

@@ -11,8 +11,7 @@ ratio (b)/(a), the host's CPU and flags, and checks that (b)'s probabilities equ
 
 Run it inside a private network namespace (Ray binds wildcards), from the repository root:
 
-    unshare -n sh -c 'ip link set lo up && RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled \\
-        OMP_NUM_THREADS=1 .venv/bin/python bench/label_throughput.py --model DIR --docs 20000'
+    python bench/label_throughput.py --model DIR --docs 20000
 
 Without --model it benchmarks the random tiny test model (a smoke test of the script, not a figure).
 """

@@ -10,8 +10,7 @@ Prints sequences/s, p50/p99 latency and the throughput ratio to (a) at the same 
 
 Run it inside a private network namespace (Serve opens gRPC on [::]:0), from the repository root:
 
-    unshare -n sh -c 'ip link set lo up && RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled \\
-        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 .venv/bin/python bench/serve_throughput.py --model DIR'
+    python bench/serve_throughput.py --model DIR
 
 Without --model it builds a model directory from --base (the default encoder, untrained head: same cost as a
 fine-tuned model) or, with --base tiny, the random tiny test model. The plain pipeline tokenizes with the

@@ -1,8 +1,7 @@
 """Raw predictor throughput vs the stream end to end (produce → labelled record readable), and the cost of
 the drift alarm + review routing, in one run.
 
-    cd /work/main && mkdir -p /tmp/stream-tmp && unshare -n sh -c 'ip link set lo up && \\
-        TMPDIR=/tmp/stream-tmp .venv/bin/python bench/stream_throughput.py'              # tiny random model
+    python bench/stream_throughput.py              # tiny random model
     ... bench/stream_throughput.py --model runs/finetune/best --records 2000              # a real model
     ... bench/stream_throughput.py --records 300 --latency-records 50 --drift-rounds 1    # a quick check
 
@@ -26,7 +25,7 @@ is also produced to the review topic, as with a trained model at the default 0.5
 ~37 % sure of everything, so the default threshold would send it all) unless ``--review-threshold`` is given.
 
 Starts an embedded broker unless ``--bootstrap-servers`` is given. Run it inside a network namespace on
-shared machines (see the README, "Stream"). The other load on the machine shows in the numbers: the load average
+shared machines (see docs/development.md). The other load on the machine shows in the numbers: the load average
 is printed.
 """
 

@@ -55,7 +55,7 @@ class ClassifierError(RecordError):
     code = "classifier_error"
 
 
-#: every per-record error code, in the order the README lists them
+#: every per-record error code, in the order docs/stream.md lists them
 RECORD_ERROR_CODES: tuple[str, ...] = tuple(
     c.code for c in (InvalidUtf8Error, BadJsonError, NoTextError, TextTooLongError, ClassifierError)
 )

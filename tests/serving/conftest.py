@@ -1,6 +1,6 @@
 """Fixtures of the serving tests (tests/conftest.py provides ``ray_local`` and ``tiny_model_dir``).
 
-Tests that start Ray must run in a private network namespace (see the README, "Serving"):
+Tests that start Ray must run in a private network namespace (see docs/development.md):
     unshare -n sh -c 'ip link set lo up && RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled \
         RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 .venv/bin/python -m pytest tests/serving -q'
 """

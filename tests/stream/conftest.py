@@ -1,5 +1,5 @@
 """Fixtures of the stream tests: one embedded broker (real Tansu over real sockets) and one tiny model per
-session; unique topics per test. Run inside a private network namespace (see the README, "Stream")."""
+session; unique topics per test. Run inside a private network namespace (see docs/development.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The paths that need Ray: ``--serve`` (classify through a running Serve app's handle) and
-``--worker-backend ray`` (workers as Ray actors). Slow; run in a network namespace (README, "Stream")."""
+``--worker-backend ray`` (workers as Ray actors). Slow; run in a network namespace (docs/development.md)."""
 
 from __future__ import annotations
 
