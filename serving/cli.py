@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from classifier.config import Alias, parse_command, run_command
 from classifier.errors import DataError
@@ -55,7 +56,19 @@ def cmd_serve(argv: list[str]) -> int:
     command = parse_command(ServeCommandConfig, argv, prog="finsent serve", aliases=SERVE_ALIASES,
                             description="Start the finsent app on a local Ray (or ray_address) and block until "
                                         "Ctrl-C.")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from classifier.console import quiet_terminal
+
+    log_path = Path(command.log_file).expanduser().absolute()
+    print(f"full log (Ray, Serve): {log_path}", file=sys.stderr)
+    try:
+        with quiet_terminal(log_path) as term:
+            return _serve(command, term)
+    except Exception:
+        print(f"see {log_path} for the whole log", file=sys.stderr)
+        raise
+
+
+def _serve(command: Any, term: Any) -> int:
     cfg = command.app_config()
 
     import ray
@@ -74,8 +87,8 @@ def cmd_serve(argv: list[str]) -> int:
 
     deploy_app(cfg)
     info = ServeClient(cfg.base_url()).model()
-    print(f"finsent serving {info['model_version']} at {cfg.base_url()}/v1/classify "
-          f"(API docs: {cfg.base_url()}/docs); Ctrl-C stops", flush=True)
+    term.write(f"finsent serving {info['model_version']} at {cfg.base_url()}/v1/classify "
+          f"(API docs: {cfg.base_url()}/docs); Ctrl-C stops\n")
 
     stop = {"now": False}
 
@@ -88,7 +101,7 @@ def cmd_serve(argv: list[str]) -> int:
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
-    print("stopping finsent serve", flush=True)
+    term.write("stopping finsent serve\n")
     if command.ray_address is None:
         serve.shutdown()
     else:

@@ -296,6 +296,11 @@ class ServeCommandConfig(ServeConfig):
     )
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray this command starts; "
                                      "unset = all of the machine's.")
+    log_file: str = Field(
+        "runs/serve.log",
+        description="file that receives Ray's and Serve's messages (the terminal shows finsent's own lines: the "
+        "URL, model swaps, errors)",
+    )
 
     def app_config(self) -> ServeConfig:
         """The Serve application's own config (what ``build_app`` takes)."""

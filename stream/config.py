@@ -202,6 +202,11 @@ class StreamConfig(Config):
     log_level: LogLevel = Field(
         "INFO", description="logging level of the stream command and its workers: DEBUG, INFO, WARNING or ERROR."
     )
+    log_file: str = Field(
+        "runs/stream.log",
+        description="file that receives the Kafka client's and Ray's messages (the terminal shows the stream's "
+        "own lines: progress, errors, alerts).",
+    )
     metrics_port: int | None = Field(
         None,
         description="serve Prometheus metrics on this port (worker i uses port + i); unset = off.",

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from training.config import FinetuneConfig
+    from training.config import FinetuneConfig, TrainSettings
     from training.finetune import FinetuneResult
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,20 @@ DISTILL_CONFIG = CONFIG_DIR / "distill-6.yaml"
 FINETUNE_ALIASES = {"--resume": "resume=true"}
 
 
-def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def run_quietly(cfg: TrainSettings, run: Callable[[], Any]) -> Any:
+    """Run a training command with Ray's and the libraries' output in ``cfg.log_path`` and only finsent's
+    progress and results on the terminal (:func:`classifier.console.quiet_terminal`); a failure still says
+    its cause, and where the whole log is."""
+    from classifier.console import quiet_terminal
+
+    path = cfg.log_path.expanduser().absolute()
+    print(f"full log (Ray, Ray Train, libraries): {path}", file=sys.stderr)
+    try:
+        with quiet_terminal(path):
+            return run()
+    except Exception:
+        print(f"see {path} for the whole log", file=sys.stderr)
+        raise
 
 
 def finetune_config(argv: list[str], prog: str = "finsent finetune") -> FinetuneConfig:
@@ -54,10 +67,9 @@ def _print_result(result: FinetuneResult) -> None:
 
 def finetune(argv: list[str]) -> int:
     cfg = finetune_config(argv)
-    _logging()
     from training.finetune import run_finetune
 
-    _print_result(run_finetune(cfg))
+    _print_result(run_quietly(cfg, lambda: run_finetune(cfg)))
     return 0
 
 
@@ -73,11 +85,9 @@ def distill(argv: list[str]) -> int:
                     "Settings come from --config (default: the packaged distill-6.yaml; distill-4.yaml for 4 "
                     "layers), then key=value overrides (e.g. teacher_model=runs/finetune max_corpus_docs=5000).",
     )
-    _logging()
     from training.distill import run_distill
 
-    result = run_distill(cfg)
-    _print_result(result)
+    _print_result(run_quietly(cfg, lambda: run_distill(cfg)))
     return 0
 
 

@@ -107,6 +107,16 @@ class RunSettings(Settings):
     )
     log_every: int = Field(20, description="update the progress bar / log the running loss every this many steps")
     progress: bool = Field(True, description="show a progress bar on rank 0")
+    log_file: str | None = Field(
+        None,
+        description="file that receives everything Ray, Ray Train and the libraries print (the terminal shows "
+        "finsent's own progress and results only); null = <output_dir>.log beside the output directory",
+    )
+
+    @property
+    def log_path(self) -> Path:
+        """Where the run's full log goes (``log_file``, else ``<output_dir>.log``)."""
+        return Path(self.log_file) if self.log_file else Path(str(self.output_dir).rstrip("/") + ".log")
 
     @model_validator(mode="after")
     def _check_run(self) -> RunSettings:

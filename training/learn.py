@@ -189,6 +189,9 @@ class LearnConfig(Config):
     work_dir: str = Field("runs/learn", description="parent of the run directories")
     run_name: str | None = Field(None, description="the run directory's name; null = learn-<time>-<random>")
     log_level: LogLevel = Field("INFO", description="logging level: DEBUG, INFO, WARNING or ERROR")
+    log_file: str | None = Field(
+        None, description="file that receives Ray's, Ray Train's and the Kafka client's messages (the terminal shows "
+        "finsent's own progress and the gate's decision); null = <work_dir>/learn.log")
 
     @model_validator(mode="after")
     def _check(self) -> LearnConfig:
@@ -678,12 +681,19 @@ def main(argv: list[str] | None = None) -> int:
     from classifier.config import parse_command, run_command
 
     def run(args: list[str]) -> int:
+        from classifier.console import quiet_terminal
+
         cfg = parse_command(LearnConfig, args, prog="finsent learn")
-        logging.basicConfig(level=getattr(logging, cfg.log_level), format="%(asctime)s %(levelname)s %(name)s: "
-                            "%(message)s")
-        logging.getLogger("kafka").setLevel(logging.WARNING)
-        result = run_learn(cfg)
-        print(result.summary())
+        log_path = Path(cfg.log_file or Path(cfg.work_dir) / "learn.log").expanduser().absolute()
+        print(f"full log (Ray, Ray Train, Kafka client): {log_path}", file=sys.stderr)
+        try:
+            with quiet_terminal(log_path, level=getattr(logging, cfg.log_level)) as out:
+                logging.getLogger("kafka").setLevel(logging.WARNING)
+                result = run_learn(cfg)
+                out.write(result.summary() + "\n")
+        except Exception:
+            print(f"see {log_path} for the whole log", file=sys.stderr)
+            raise
         return 0 if result.passed else 1
 
     return run_command("finsent learn", run, sys.argv[1:] if argv is None else argv)

@@ -569,8 +569,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Domain-adaptive MLM pretraining (whole-word masking) on Ray Train. Settings come from the "
                     "defaults, then --config YAML (e.g. training/configs/pretrain.yaml), then key=value overrides.",
     )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    out = run_pretrain(cfg)
+    from training.cli import run_quietly
+
+    out = run_quietly(cfg, lambda: run_pretrain(cfg))
     report = json.loads((out / REPORT_FILE).read_text(encoding="utf-8"))
     final = report["final"] or {}
     loss, acc = final.get("heldout_loss"), final.get("heldout_accuracy")
