@@ -34,6 +34,9 @@ _RAY_WORKER_NOISE = re.compile(r"^(?:Moving model to device|Wrapping provided mo
 
 
 def _own_line(text: str, packages: Iterable[str]) -> bool:
+    packages = tuple(packages)
+    if not packages:
+        return False
     pk = "|".join(re.escape(p) for p in packages)
     # "INFO training.finetune: ..." or, with a process name in the format, "INFO worker-1 stream.runner: ..."
     return re.search(rf"\b(?:DEBUG|INFO|WARNING|ERROR|CRITICAL) (?:[\w.-]+ )?(?:{pk})(?:\.[\w.]+)?: ", text) is not None

@@ -239,42 +239,21 @@ def _fit(text: str, columns: int) -> str:
 
 @contextlib.contextmanager
 def quiet_terminal(log_path: Path) -> Iterator[Console]:
-    """Send file descriptors 1 and 2 (Python prints, library warnings, Ray's and the C++ libraries' output)
-    and every Python logger to ``log_path``; yield a :class:`Console` on the original stdout/stderr. Restores
-    both descriptors on exit."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
+    """Everything (Python prints, library warnings, Ray's and the C++ libraries' output, every logger) into
+    ``log_path`` (:func:`classifier.console.quiet_terminal`, with no logger shown: the demo speaks through its
+    :class:`Console` alone); yields a :class:`Console` on the original stdout/stderr."""
+    from classifier.console import quiet_terminal as to_log_file
+
+    log_path.unlink(missing_ok=True)  # one run, one log
     sys.stderr.flush()
-    saved_out, saved_err = os.dup(1), os.dup(2)
-    logfile = open(log_path, "w", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed below
-    console = Console(os.fdopen(os.dup(saved_out), "w", encoding="utf-8", buffering=1),
-                      os.fdopen(os.dup(saved_err), "w", encoding="utf-8", buffering=1))
-    root = logging.getLogger()
-    old_handlers, old_level = root.handlers[:], root.level
-    handler = logging.StreamHandler(logfile)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    os.dup2(logfile.fileno(), 1)
-    os.dup2(logfile.fileno(), 2)
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    for name in INTERNAL_LOGGERS:  # their own handlers (Ray's) write to fd 2, i.e. the log file now
-        logging.getLogger(name).setLevel(logging.INFO if name.startswith("ray") else logging.WARNING)
-    logging.captureWarnings(True)
+    err = os.fdopen(os.dup(2), "w", encoding="utf-8", buffering=1)
     try:
-        yield console
+        with to_log_file(log_path, packages=()) as out:
+            for name in INTERNAL_LOGGERS:
+                logging.getLogger(name).setLevel(logging.INFO if name.startswith("ray") else logging.WARNING)
+            yield Console(out, err)
     finally:
-        logging.captureWarnings(False)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        root.handlers[:] = old_handlers
-        root.setLevel(old_level)
-        os.dup2(saved_out, 1)
-        os.dup2(saved_err, 2)
-        os.close(saved_out)
-        os.close(saved_err)
-        logfile.close()
-        console.out.close()
-        console.err.close()
+        err.close()
 
 
 # ============================================================================================ held-out records
