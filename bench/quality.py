@@ -40,8 +40,8 @@ VARIANTS: dict[str, tuple[list[str], str, str | None]] = {
     "default": ([], "default recipe (FGM, EMA, companion blend, temperature)", None),
     "no-fgm": (["adversarial=none"], "default without FGM", "default"),
     "rdrop": (["adversarial=none", "rdrop=1.0"], "R-Drop (alpha 1.0) instead of FGM", "no-fgm"),
-    "seed-2": (["seed=2"], "default, seed 2", None),
-    "seed-3": (["seed=3"], "default, seed 3", None),
+    "no-fgm-seed-2": (["adversarial=none", "seed=2"], "default without FGM, seed 2", None),
+    "no-fgm-seed-3": (["adversarial=none", "seed=3"], "default without FGM, seed 3", None),
     "l1-1e-3": (["adversarial=none", "l1=1e-3"], "no-FGM recipe + L1 1e-3 on the output layer", "no-fgm"),
     "l1-1e-2": (["adversarial=none", "l1=1e-2"], "no-FGM recipe + L1 1e-2 on the output layer", "no-fgm"),
 }
@@ -269,7 +269,7 @@ def markdown(result: dict[str, Any]) -> str:
                          f"{_cell(r, 'test/cfsc_long')} |")
     seeds = result.get("seeds")
     if seeds:
-        lines += ["", f"Seeds ({', '.join(seeds['variants'])}): test macro-F1 FinFE {seeds['finfe_mean']:.4f} ± "
+        lines += ["", f"Seeds of the no-FGM recipe ({', '.join(seeds['variants'])}; seeds 42, 2, 3): test macro-F1 FinFE {seeds['finfe_mean']:.4f} ± "
                   f"{seeds['finfe_std']:.4f}, CFSC {seeds['cfsc_mean']:.4f} ± {seeds['cfsc_std']:.4f} (mean ± sd)."]
     return "\n".join(lines)
 
@@ -315,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-only", action="store_true", help="train the missing variants, do not score")
     ap.add_argument("--report-only", action="store_true", help="score what is trained, train nothing")
     ap.add_argument("--write-docs", default=None, help="replace the generated section of this Markdown file")
+    ap.add_argument("--no-baselines", action="store_true", help="skip the linear baselines (a quick re-score)")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="FinetuneConfig overrides for every variant")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -352,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             default_tok = FinsentTokenizer.from_base(default_base_model(None), [default_lexicon()])
         return [len(ids) for ids in default_tok.encode(texts)]
 
-    rows = run_baselines({k: v for k, v in data.items()}, labels, Path(default_lexicon()), pieces)
+    rows = [] if args.no_baselines else run_baselines(data, labels, Path(default_lexicon()), pieces)
     for v in [*wanted, *STUDENTS]:
         if (out / v / "training_report.json").is_file():
             rows += evaluate_model(v, out / v, data, labels)
@@ -362,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
                                         if k in d},
                               "rows": rows, "techniques": techniques(rows),
                               "scoring_wall_time_s": time.perf_counter() - t_start}
-    seed_rows = [r for r in rows if r.get("setting") == "shipped" and r.get("variant") in ("default", "seed-2", "seed-3")]
+    seed_rows = [r for r in rows if r.get("setting") == "shipped"
+                 and r.get("variant") in ("no-fgm", "no-fgm-seed-2", "no-fgm-seed-3")]
     if len(seed_rows) >= 2:
         f = [r["test/finfe"]["macro_f1"] for r in seed_rows]
         c = [r["test/cfsc"]["macro_f1"] for r in seed_rows]

@@ -25,6 +25,21 @@ def model_dir(tiny_model_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def blended_model_dir(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path) -> Path:
+    """A tiny model with the full post-processing of a trained one: temperature and the companion blend
+    (trained on CFSC sentences, fitted on others), so the stream and Serve paths are checked on it too."""
+    from classifier.data import read_examples
+    from classifier.postfit import fit_postprocessing
+    from classifier.testing import make_tiny_model_dir
+
+    d = make_tiny_model_dir(tmp_path_factory.mktemp("blended") / "model", seed=3, name="blended")
+    data = read_examples(shared_dir / "data" / "cfsc" / "train.txt").examples
+    fit_postprocessing(d, data[:300], data[300:1500], companion=True,
+                       lexicon=shared_dir / "data" / "lexicon" / "fin_sentiment_words.tsv")
+    return d
+
+
+@pytest.fixture(scope="session")
 def predictor(model_dir: Path):
     from classifier.predict import Predictor
 

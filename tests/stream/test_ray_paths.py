@@ -13,8 +13,15 @@ from stream.runner import StreamRunner
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(params=["plain", "blended"])
+def serving_model(request, model_dir, blended_model_dir):
+    """The random tiny model, and one with temperature + companion blend (what `finsent finetune` ships)."""
+    return model_dir if request.param == "plain" else blended_model_dir
+
+
 @pytest.fixture
-def serve_app(ray_local, model_dir):
+def serve_app(ray_local, serving_model):
+    model_dir = serving_model
     pytest.importorskip("serving.deployment")
     from ray import serve
 
@@ -32,8 +39,12 @@ def serve_app(ray_local, model_dir):
     serve.delete(cfg.app_name)
 
 
-def test_serve_handle_labels_like_the_predictor_and_rejects_to_the_dlq(serve_app, topics, model_dir, predictor):
+def test_serve_handle_labels_like_the_predictor_and_rejects_to_the_dlq(serve_app, topics, serving_model):
+    """Served probabilities equal the in-process Predictor's, calibration and companion blend included."""
+    from classifier.predict import Predictor
     from stream.classify import build_classify
+
+    predictor = Predictor.from_dir(serving_model, device="cpu", batch_size=32)
 
     records = news_records(200, prefix="serve")
     too_long = (b"long-for-serve", json.dumps({"id": "long-for-serve", "content": "涨" * 1500}).encode())
@@ -43,6 +54,10 @@ def test_serve_handle_labels_like_the_predictor_and_rejects_to_the_dlq(serve_app
     runner = StreamRunner(cfg, build_classify(cfg))
     run_until(runner, lambda r: r.summary.records >= 201)
     assert (runner.summary.labelled, runner.summary.dlq) == (200, 1)
+    # and the in-process path (a stream without Serve) gives the same probabilities
+    local_cfg = topics.config(serving_model)
+    in_process = StreamRunner(local_cfg, build_classify(local_cfg)).classify_texts(
+        [f"{json.loads(v)['title']}\n{json.loads(v)['content']}" for _, v in records[:20]])
 
     outputs = {r.key: json.loads(r.value) for r in read_topic(topics.bootstrap, topics.output, min_count=200)}
     texts = [f"{json.loads(v)['title']}\n{json.loads(v)['content']}" for _, v in records]
@@ -50,6 +65,10 @@ def test_serve_handle_labels_like_the_predictor_and_rejects_to_the_dlq(serve_app
         got = outputs[key]["sentiment"]
         assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-5)
         assert got["model_version"] == want["model_version"]
+    for (key, _), local in zip(records[:20], in_process, strict=True):
+        assert local["probabilities"] == pytest.approx(outputs[key]["sentiment"]["probabilities"], abs=1e-5)
+    if "blended" in str(serving_model):  # its probabilities are the calibrated, blended ones
+        assert predictor.companion is not None and predictor.calibration.blend is not None
     [dead] = read_topic(topics.bootstrap, topics.dlq, min_count=1)
     assert dead.key == b"long-for-serve" and dict(dead.headers)["finsent-error"] == b"classifier_error"
     assert b"max_chars_per_text=1000" in dict(dead.headers)["finsent-error-message"]
