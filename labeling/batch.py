@@ -271,12 +271,15 @@ class _TerminalHandler(logging.Handler):
 
 @contextlib.contextmanager
 def _quiet_ray_data() -> Iterator[None]:
-    """Ray Data's progress bars and stats off while this run executes (the driver shows its own bar)."""
+    """Ray Data's progress bars and stats off while this run executes (the driver shows its own bar), and
+    small output blocks: Ray Data merges what a read task yields into blocks of up to 128 MiB, so a single
+    input file (the corpus) would reach the actor pool as ONE block and one actor would label it all; with
+    64 KiB blocks every shard is split and every actor gets work."""
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
     quiet = {"enable_progress_bars": False, "enable_operator_progress_bars": False,
-             "enable_auto_log_stats": False, "verbose_stats_logs": False}
+             "enable_auto_log_stats": False, "verbose_stats_logs": False, "target_max_block_size": 1 << 16}
     before = {k: getattr(ctx, k) for k in quiet}
     for k, v in quiet.items():
         setattr(ctx, k, v)
