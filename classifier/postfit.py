@@ -54,7 +54,7 @@ def _search_temperature(nll_at: Any, lo: float = math.log(0.05), hi: float = mat
 
 def fit_postprocessing(model_dir: str | Path, dev: Sequence[Example], train: Sequence[Example] = (), *,
                        calibrate: bool = True, companion: bool = False, lexicon: str | Path | None = None,
-                       companion_c: float = 2.0, batch_size: int = 64, device: str = "cpu",
+                       companion_c: float | None = None, batch_size: int = 64, device: str = "cpu",
                        drift_reference: bool = True) -> dict[str, Any]:
     """Fit and write the post-processing of ``model_dir`` on ``dev``; returns what was fitted (JSON-able).
     With ``drift_reference`` the final dev predictions also become the stream's drift-alarm reference
@@ -91,13 +91,12 @@ def fit_postprocessing(model_dir: str | Path, dev: Sequence[Example], train: Seq
     }
     blend = None
     if companion:
-        from classifier.companion import LinearCompanion
 
         if not train:
             raise ValueError("companion=true needs the training examples")
-        comp = LinearCompanion.fit([e.text for e in train], [e.label for e in train], labels.names,
-                                   lexicon_path=lexicon or None, C=companion_c)
+        comp, c_grid = fit_companion(train, dev, labels.names, lexicon, companion_c)
         p_comp = torch.from_numpy(comp.predict_proba(texts)).float()
+        summary["companion_c_dev_nll"] = c_grid
         blend = fit_blend(p_enc, p_comp, y)
         comp.save(d / COMPANION_DIR)
         cal = Calibration(temperature, blend)
@@ -117,6 +116,28 @@ def fit_postprocessing(model_dir: str | Path, dev: Sequence[Example], train: Seq
              len(dev), temperature, f", blend {blend.to_json()}" if blend else "", summary["before"]["nll"],
              summary["after"]["nll"], summary["before"]["ece"], summary["after"]["ece"])
     return summary
+
+
+#: the companion's regularisation strengths tried on dev when none is given
+COMPANION_C_GRID: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+
+
+def fit_companion(train: Sequence[Example], dev: Sequence[Example], labels: Sequence[str],
+                  lexicon: str | Path | None, c: float | None) -> tuple[Any, dict[str, float]]:
+    """The companion trained on ``train``; with ``c=None`` the C of :data:`COMPANION_C_GRID` with the lowest
+    dev log-loss (its probabilities feed the blend, so their quality is what counts). Returns it and
+    ``{C: dev NLL}``."""
+    from classifier.companion import LinearCompanion
+
+    y = torch.tensor([list(labels).index(e.label) for e in dev])
+    best, best_nll, grid = None, float("inf"), {}
+    for value in ((c,) if c is not None else COMPANION_C_GRID):
+        comp = LinearCompanion.fit([e.text for e in train], [e.label for e in train], labels,
+                                   lexicon_path=lexicon or None, C=value)
+        grid[str(value)] = nll(torch.from_numpy(comp.predict_proba([e.text for e in dev])), y)
+        if grid[str(value)] < best_nll:
+            best, best_nll = comp, grid[str(value)]
+    return best, grid
 
 
 def write_drift_reference(model_dir: Path, probs: torch.Tensor, labels: Sequence[str]) -> dict[str, Any]:

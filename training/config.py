@@ -359,7 +359,11 @@ class ClassifierSettings(TrainSettings):
         description="also train the linear companion (char n-gram TF-IDF + lexicon counts, logistic "
         "regression) on the training data and blend it with the encoder, fitted on dev (stacking)",
     )
-    companion_c: float = Field(2.0, description="companion: inverse regularisation strength of the logistic regression")
+    companion_c: float | None = Field(
+        None,
+        description="companion: inverse regularisation strength of the logistic regression; null = chosen on dev "
+        "(the value of 0.5, 1, 2, 4 with the lowest dev log-loss)",
+    )
     polarity_lexicon: str | None = Field(
         None,
         description="companion: word<TAB>pos|neg list for the lexicon-count features; null = the shared "
@@ -384,7 +388,9 @@ class ClassifierSettings(TrainSettings):
             raise field_error("head_tokens", f"must be between 0 and max_len-2 ({self.max_len - 2}), got {self.head_tokens}")
         if self.max_train_examples is not None and self.max_train_examples < 1:
             raise field_error("max_train_examples", "must be at least 1 or null (all)")
-        check_min(self, ("head_lr_scale", "companion_c"), 0, strict=True)
+        check_min(self, ("head_lr_scale",), 0, strict=True)
+        if self.companion_c is not None and self.companion_c <= 0:
+            raise field_error("companion_c", f"must be positive or null (chosen on dev), got {self.companion_c}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise field_error("ema_decay", f"must be in [0, 1), got {self.ema_decay} (0 = off, e.g. 0.995)")
         check_min(self, ("l1", "adv_epsilon", "pgd_alpha", "rdrop", "patience"), 0)
