@@ -87,7 +87,7 @@ def evaluate(model_dir: Path, files: dict[str, Path]) -> dict[str, dict[str, flo
     out = {}
     for name, path in files.items():
         data = read_examples(path, p.labels)
-        pred = [p.labels[i] for i in p.predict_proba(data.texts).argmax(-1).tolist()]
+        pred = p.predict_labels(data.texts)
         m = compute_metrics(data.labels, pred, p.labels)
         out[name] = {"macro_f1": m["macro_f1"], "accuracy": m["accuracy"], "n": m["n"]}
     return out

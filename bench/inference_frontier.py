@@ -175,7 +175,7 @@ def bench_model(name: str, model_dir: Path, args: argparse.Namespace, texts: lis
     if test is not None:
         for v, p in predictors.items():
             probs = p.predict_proba(test.texts)
-            preds = [p.labels[i] for i in probs.argmax(-1).tolist()]
+            preds = [p.labels[i] for i in p.decide(probs).tolist()]
             m = compute_metrics(test.labels, preds, p.labels)
             rows[v]["macro_f1"] = m["macro_f1"]
             rows[v]["accuracy"] = m["accuracy"]

@@ -122,8 +122,9 @@ def lexicon_pipeline(lexicon: Path) -> Any:
 
 
 def evaluate_probs(name: str, proba: Any, data: dict[str, dict[str, Any]], labels: list[str],
-                   pieces: Any = None) -> dict[str, Any]:
-    """Dev and test scores per source (and per length bucket when ``pieces(texts)`` is given)."""
+                   pieces: Any = None, decide: Any = None) -> dict[str, Any]:
+    """Dev and test scores per source (and per length bucket when ``pieces(texts)`` is given) of the labels
+    ``decide(probs)`` names (default: the argmax)."""
     out: dict[str, Any] = {"name": name}
     for src, parts in data.items():
         for split in ("dev", "test"):
@@ -131,12 +132,12 @@ def evaluate_probs(name: str, proba: Any, data: dict[str, dict[str, Any]], label
                 continue
             ds = parts[split]
             p = proba(ds.texts)
-            m = score(p, ds.labels, labels)
+            m = score(p, ds.labels, labels, decide)
             row = {k: m[k] for k in ("accuracy", "macro_f1", "ece", "nll")}
             row["n"] = m["n"]
             row["per_class_f1"] = {lab: m["per_class"][lab]["f1"] for lab in labels}
             if pieces is not None:
-                row["by_length"] = score_by_bucket(p, ds.labels, pieces(ds.texts), labels)
+                row["by_length"] = score_by_bucket(p, ds.labels, pieces(ds.texts), labels, decide)
             out[f"{split}/{src}"] = row
     return out
 
@@ -191,30 +192,34 @@ def evaluate_model(name: str, model_dir: Path, data: dict[str, dict[str, Any]], 
         return [len(ids) for ids in predictor.tokenizer.encode(texts)]
 
     short = {k: v for k, v in data.items() if k != "cfsc_long"}
-    rows = [{**base, **evaluate_probs(f"{name}: as shipped", predictor.predict_proba, short, labels, pieces),
-             "setting": "shipped"}]
+    rows = [{**base, **evaluate_probs(f"{name}: as shipped", predictor.predict_proba, short, labels, pieces,
+                                      predictor.decide), "setting": "shipped"}]
     cal = predictor.calibration
+    if cal is not None and cal.decision_offsets is not None:
+        rows.append({**base, **evaluate_probs(f"{name}: argmax label (no decision offsets)", predictor.predict_proba,
+                                              short, labels, pieces), "setting": "no_offsets"})
     if cal is not None and cal.blend is not None:
         predictor.calibration = Calibration(cal.encoder_temperature)
-        rows.append({**base, **evaluate_probs(f"{name}: encoder alone (no companion blend)", predictor.predict_proba,
-                                              short, labels, pieces), "setting": "no_companion"})
+        rows.append({**base, **evaluate_probs(f"{name}: encoder alone (no companion blend, argmax)",
+                                              predictor.predict_proba, short, labels, pieces),
+                     "setting": "no_companion"})
     predictor.calibration = None
-    rows.append({**base, **evaluate_probs(f"{name}: uncalibrated encoder", predictor.predict_proba, short, labels,
-                                          pieces), "setting": "uncalibrated"})
+    rows.append({**base, **evaluate_probs(f"{name}: uncalibrated encoder (argmax)", predictor.predict_proba, short,
+                                          labels, pieces), "setting": "uncalibrated"})
     predictor.calibration = cal
     for wname in ("raw", "ema"):
         vdir = model_dir / "variants" / wname
         if vdir.is_dir():
             vp = Predictor.from_dir(vdir, device="cpu", batch_size=64)
             rows.append({**base, **evaluate_probs(f"{name}: {wname} weights of the best epoch", vp.predict_proba,
-                                                  short, labels, pieces), "setting": f"weights_{wname}"})
+                                                  short, labels, pieces, vp.decide), "setting": f"weights_{wname}"})
     # long news: each truncation strategy x pooling, selected on dev_long, reported on test_long
     long_rows = []
     trunc = predictor.tokenizer.truncation
     for strategy, pooling in LONG_STRATEGIES:
         predictor.tokenizer.truncation = dataclasses.replace(trunc, strategy=strategy, pooling=pooling)
         r = evaluate_probs(f"{name}: long news, {strategy}/{pooling}", predictor.predict_proba,
-                           {"cfsc_long": data["cfsc_long"]}, labels, pieces)
+                           {"cfsc_long": data["cfsc_long"]}, labels, pieces, predictor.decide)
         long_rows.append({**base, **r, "setting": f"long_{strategy}_{pooling}", "strategy": strategy,
                           "pooling": pooling})
     predictor.tokenizer.truncation = trunc
@@ -288,7 +293,10 @@ def techniques(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             d["kept"] = "yes" if gain > 0 else "no"
             out.append(d)
 
-    add("companion blend (stacking)", get("default", "shipped"), get("default", "no_companion"))
+    add("companion blend (stacking; labels by argmax)", get("default", "no_offsets"), get("default", "no_companion"))
+    add("macro-F1 decision offsets (fitted on dev)", get("default", "shipped"), get("default", "no_offsets"))
+    add("temperature scaling (labels unchanged; see ECE)", get("default", "no_companion"),
+        get("default", "uncalibrated"))
     add("EMA weight averaging", get("default", "weights_ema"), get("default", "weights_raw"))
     add("FGM", get("default", "shipped"), get("no-fgm", "shipped"))
     add("R-Drop (no FGM)", get("rdrop", "shipped"), get("no-fgm", "shipped"))

@@ -7,6 +7,11 @@ see :mod:`classifier.modeldir`) is, per text::
     p_enc = mean over the text's windows of softmax(encoder logits / encoder_temperature)
     without a companion:  p = p_enc
     with a companion:     p = softmax(encoder_weight * log p_enc + companion_weight * log p_companion + bias)
+    label = argmax(log p + decision_offsets)
+
+The probabilities are fitted for likelihood (calibrated: traders threshold on them); the label that names the
+most likely class is then shifted toward the rarer classes by ``decision_offsets``, fitted on dev for
+macro-F1 (NLL-optimal probabilities follow the class priors, which favours the majority class 利多).
 
 Everything is fitted on dev by minimising the negative log-likelihood (temperature scaling, Guo et al. 2017;
 the blend is a small multinomial logistic regression on the two models' log-probabilities — stacking). The
@@ -51,6 +56,9 @@ class Calibration:
 
     encoder_temperature: float = 1.0
     blend: Blend | None = None
+    #: the label decision: ``argmax(log p + decision_offsets)`` — offsets fitted on dev for macro-F1 (the
+    #: probabilities stay calibrated; only which label is named changes). None: the plain argmax.
+    decision_offsets: list[float] | None = None
     #: what it was fitted on and how calibration changed there (informational)
     fitted_on: dict[str, Any] = field(default_factory=dict)
 
@@ -75,24 +83,42 @@ class Calibration:
              * torch.log(p_companion.clamp_min(_EPS)) + torch.tensor(b.bias, dtype=p_enc.dtype))
         return torch.softmax(z, dim=-1)
 
+    def decide(self, probs: torch.Tensor) -> torch.Tensor:
+        """Label ids of final probabilities (``[n, k]`` → ``[n]``)."""
+        return decide(probs, self.decision_offsets)
+
     def to_json(self) -> dict[str, Any]:
         return {"encoder_temperature": self.encoder_temperature,
-                "blend": self.blend.to_json() if self.blend else None, "fitted_on": self.fitted_on}
+                "blend": self.blend.to_json() if self.blend else None,
+                "decision_offsets": self.decision_offsets, "fitted_on": self.fitted_on}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], num_labels: int | None = None) -> Calibration:
         try:
             blend = data.get("blend")
+            offsets = data.get("decision_offsets")
             cal = cls(encoder_temperature=float(data.get("encoder_temperature", 1.0)),
                       blend=Blend(float(blend["encoder_weight"]), float(blend["companion_weight"]),
                                   [float(x) for x in blend["bias"]]) if blend else None,
+                      decision_offsets=[float(x) for x in offsets] if offsets else None,
                       fitted_on=dict(data.get("fitted_on") or {}))
         except (KeyError, TypeError, ValueError) as e:
             raise ModelDirError(f"calibration.json is malformed ({e!r}): delete it or re-export the model") from None
         if cal.blend is not None and num_labels is not None and len(cal.blend.bias) != num_labels:
             raise ModelDirError(f"calibration.json has {len(cal.blend.bias)} blend biases for {num_labels} labels: "
                                 "re-export the model")
+        if cal.decision_offsets is not None and num_labels is not None and len(cal.decision_offsets) != num_labels:
+            raise ModelDirError(f"calibration.json has {len(cal.decision_offsets)} decision offsets for {num_labels} "
+                                "labels: re-export the model")
         return cal
+
+
+def decide(probs: torch.Tensor, offsets: Sequence[float] | None = None) -> torch.Tensor:
+    """``argmax(log p + offsets)`` per row (the plain argmax without offsets)."""
+    p = torch.as_tensor(probs)
+    if offsets is None:
+        return p.argmax(-1)
+    return (torch.log(p.clamp_min(_EPS)) + torch.tensor(offsets, dtype=p.dtype)).argmax(-1)
 
 
 # ============================================================================================ fitting
@@ -141,6 +167,48 @@ def fit_blend(p_enc: torch.Tensor, p_companion: torch.Tensor, labels: Sequence[i
     b = b - b.mean()
     w = w.detach()
     return Blend(float(w[0]), float(w[1]), [float(x) for x in b])
+
+
+def macro_f1_of(pred: torch.Tensor, y: torch.Tensor, k: int) -> float:
+    """Macro-F1 of label ids (every one of the ``k`` labels counts, also when absent)."""
+    cm = torch.zeros((k, k), dtype=torch.float64)
+    cm.index_put_((y, pred), torch.ones(len(y), dtype=torch.float64), accumulate=True)
+    tp = cm.diag()
+    f1 = 2 * tp / (cm.sum(0) + cm.sum(1)).clamp_min(1e-12)
+    return float(f1.mean())
+
+
+def fit_decision_offsets(probs: torch.Tensor, labels: Sequence[int] | torch.Tensor,
+                         groups: Sequence[int] | None = None, span: float = 1.5, step: float = 0.05
+                         ) -> list[float]:
+    """Offsets (first label's fixed at 0) maximising dev macro-F1 of ``argmax(log p + offsets)`` — the mean of
+    the groups' macro-F1 when ``groups`` (one id per example, e.g. its source) are given. A coordinate search
+    on a grid of ``step`` in [-span, span], repeated until it stops improving; ties keep the smaller offsets,
+    so without a gain the plain argmax (all zeros) stays."""
+    p = torch.log(torch.as_tensor(probs, dtype=torch.float64).clamp_min(_EPS))
+    y = _labels_tensor(labels)
+    k = p.shape[1]
+    g = torch.as_tensor(groups if groups is not None else [0] * len(y))
+    ids = sorted(set(g.tolist()))
+
+    def objective(off: list[float]) -> float:
+        pred = (p + torch.tensor(off, dtype=torch.float64)).argmax(-1)
+        return sum(macro_f1_of(pred[g == i], y[g == i], k) for i in ids) / len(ids)
+
+    grid = [round(-span + i * step, 6) for i in range(int(round(2 * span / step)) + 1)]
+    best = [0.0] * k
+    best_val = objective(best)
+    for _ in range(5):
+        improved = False
+        for j in range(1, k):
+            for v in sorted(grid, key=abs):
+                cand = best[:j] + [v] + best[j + 1:]
+                val = objective(cand)
+                if val > best_val + 1e-12:
+                    best, best_val, improved = cand, val, True
+        if not improved:
+            break
+    return best
 
 
 # ============================================================================================ measuring

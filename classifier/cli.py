@@ -127,7 +127,7 @@ def evaluate(argv: list[str]) -> int:
 
             for rate in cfg.perturb:
                 noisy = perturb_texts(data.texts, rate=rate, seed=cfg.seed)
-                npreds = [predictor.labels[i] for i in predictor.predict_proba(noisy).argmax(-1).tolist()]
+                npreds = predictor.predict_labels(noisy)
                 nm = compute_metrics(data.labels, npreds, predictor.labels)
                 entry[f"perturb_{rate}"] = nm
                 print(f"   perturb rate {rate}: accuracy {nm['accuracy']:.4f} ({nm['accuracy'] - m['accuracy']:+.4f})"

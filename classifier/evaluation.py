@@ -9,7 +9,7 @@ source: forum posts, news, constructed long news) and per length bucket of the t
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,13 @@ def length_bucket(pieces: int) -> str:
     raise ValueError(pieces)  # pragma: no cover
 
 
-def score(probs: torch.Tensor, gold: Sequence[str], label_names: Sequence[str]) -> dict[str, Any]:
-    """Metrics report (:func:`classifier.metrics.compute_metrics`) plus ``ece`` and ``nll``."""
+def score(probs: torch.Tensor, gold: Sequence[str], label_names: Sequence[str],
+          decide: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, Any]:
+    """Metrics report (:func:`classifier.metrics.compute_metrics`) of the labels ``decide(probs)`` names
+    (default: the argmax), plus ``ece`` and ``nll`` of the probabilities."""
     names = list(label_names)
-    preds = [names[i] for i in probs.argmax(-1).tolist()]
+    ids = decide(probs) if decide is not None else probs.argmax(-1)
+    preds = [names[i] for i in ids.tolist()]
     m = compute_metrics(list(gold), preds, names)
     y = [names.index(g) for g in gold]
     m["ece"] = expected_calibration_error(probs, y, ECE_BINS) if gold else float("nan")
@@ -43,17 +46,17 @@ def score(probs: torch.Tensor, gold: Sequence[str], label_names: Sequence[str]) 
     return m
 
 
-def score_by_bucket(probs: torch.Tensor, gold: Sequence[str], pieces: Sequence[int], label_names: Sequence[str]
-                    ) -> dict[str, dict[str, Any]]:
+def score_by_bucket(probs: torch.Tensor, gold: Sequence[str], pieces: Sequence[int], label_names: Sequence[str],
+                    decide: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, dict[str, Any]]:
     """``{bucket: {"examples", "accuracy", "macro_f1"}}`` for the buckets that hold examples."""
     out: dict[str, dict[str, Any]] = {}
     buckets = [length_bucket(n) for n in pieces]
+    ids = (decide(probs) if decide is not None else probs.argmax(-1)).tolist()
     for name, _, _ in LENGTH_BUCKETS:
         idx = [i for i, b in enumerate(buckets) if b == name]
         if not idx:
             continue
-        m = compute_metrics([gold[i] for i in idx], [label_names[j] for j in probs[idx].argmax(-1).tolist()],
-                            list(label_names))
+        m = compute_metrics([gold[i] for i in idx], [label_names[ids[j]] for j in idx], list(label_names))
         out[name] = {"examples": len(idx), "accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
     return out
 
@@ -62,8 +65,8 @@ def evaluate_texts(predictor: Any, texts: Sequence[str], gold: Sequence[str]) ->
     """Scores of a :class:`classifier.predict.Predictor` on labelled texts (the probabilities it serves)."""
     probs = predictor.predict_proba(list(texts))
     pieces = [len(ids) for ids in predictor.tokenizer.encode(list(texts))]
-    report = score(probs, gold, predictor.labels)
-    report["by_length"] = score_by_bucket(probs, gold, pieces, predictor.labels)
+    report = score(probs, gold, predictor.labels, predictor.decide)
+    report["by_length"] = score_by_bucket(probs, gold, pieces, predictor.labels, predictor.decide)
     report["_probs"] = probs
     return report
 

@@ -7,7 +7,9 @@ Runs after training (``finsent finetune`` calls it at export; any recipe may) on
    for every pooling, also ``max_polar``);
 3. with ``companion``: the linear companion is trained on the *training* examples and the stacking blend is
    fitted on dev (:func:`classifier.calibration.fit_blend`);
-4. ``calibration.json`` (and ``companion/``) are written into the model directory, with the dev NLL and ECE
+4. the decision offsets: the label is ``argmax(log p + offsets)``, offsets fitted on dev for the mean of the
+   dev files' macro-F1 (the probabilities themselves stay calibrated);
+5. ``calibration.json`` (and ``companion/``) are written into the model directory, with the dev NLL and ECE
    before and after, so a reader sees what calibration did.
 """
 
@@ -23,8 +25,11 @@ import torch
 
 from classifier.calibration import (
     Calibration,
+    decide,
     expected_calibration_error,
     fit_blend,
+    fit_decision_offsets,
+    macro_f1_of,
     nll,
 )
 from classifier.data import Example
@@ -55,7 +60,7 @@ def _search_temperature(nll_at: Any, lo: float = math.log(0.05), hi: float = mat
 def fit_postprocessing(model_dir: str | Path, dev: Sequence[Example], train: Sequence[Example] = (), *,
                        calibrate: bool = True, companion: bool = False, lexicon: str | Path | None = None,
                        companion_c: float | None = None, batch_size: int = 64, device: str = "cpu",
-                       drift_reference: bool = True) -> dict[str, Any]:
+                       drift_reference: bool = True, decision_offsets: bool = True) -> dict[str, Any]:
     """Fit and write the post-processing of ``model_dir`` on ``dev``; returns what was fitted (JSON-able).
     With ``drift_reference`` the final dev predictions also become the stream's drift-alarm reference
     (``drift_reference.json``: dev is held out, so its confidence is what new text gets).
@@ -108,8 +113,19 @@ def fit_postprocessing(model_dir: str | Path, dev: Sequence[Example], train: Seq
         final = p_enc
     summary["after"] = {"nll": nll(final, y), "ece": expected_calibration_error(final, y)}
     summary["dev_macro_f1"] = {"encoder": _macro_f1(raw, y, labels.names), "final": _macro_f1(final, y, labels.names)}
-    if calibrate or companion:
-        write_json(d, CALIBRATION_FILE, Calibration(temperature, blend, fitted_on=summary).to_json())
+    offsets = None
+    if decision_offsets:
+        sources = sorted({e.source for e in dev})
+        groups = [sources.index(e.source) for e in dev]
+        offsets = fit_decision_offsets(final, y, groups)
+        pred = decide(final, offsets)
+        summary["decision_offsets"] = {
+            "offsets": dict(zip(labels.names, offsets, strict=True)),
+            "dev_mean_macro_f1": {"argmax": _mean_macro_f1(final.argmax(-1), y, groups, len(labels)),
+                                  "offsets": _mean_macro_f1(pred, y, groups, len(labels))}}
+        summary["dev_macro_f1"]["final_with_offsets"] = macro_f1_of(pred, y, len(labels))
+    if calibrate or companion or decision_offsets:
+        write_json(d, CALIBRATION_FILE, Calibration(temperature, blend, offsets, fitted_on=summary).to_json())
     if drift_reference:
         summary["drift_reference"] = write_drift_reference(d, final, labels.names)
     log.info("post-processing fitted on %d dev examples: T=%.3f%s; dev NLL %.4f -> %.4f, ECE %.4f -> %.4f",
@@ -119,7 +135,7 @@ def fit_postprocessing(model_dir: str | Path, dev: Sequence[Example], train: Seq
 
 
 #: the companion's regularisation strengths tried on dev when none is given
-COMPANION_C_GRID: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+COMPANION_C_GRID: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 def fit_companion(train: Sequence[Example], dev: Sequence[Example], labels: Sequence[str],
@@ -154,6 +170,12 @@ def write_drift_reference(model_dir: Path, probs: torch.Tensor, labels: Sequence
     ref = Reference.from_predictions(preds, model_version=model_version(model_dir), source="training dev split")
     ref.save(model_dir / DRIFT_REFERENCE_FILE)
     return ref.summary()
+
+
+def _mean_macro_f1(pred: torch.Tensor, y: torch.Tensor, groups: Sequence[int], k: int) -> float:
+    g = torch.tensor(groups)
+    ids = sorted(set(groups))
+    return sum(macro_f1_of(pred[g == i], y[g == i], k) for i in ids) / len(ids)
 
 
 def _macro_f1(probs: torch.Tensor, y: torch.Tensor, names: Sequence[str]) -> float:

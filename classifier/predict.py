@@ -17,7 +17,7 @@ from classifier.backends import (
     candidates,
     choose_backend,
 )
-from classifier.calibration import Calibration
+from classifier.calibration import Calibration, decide
 from classifier.errors import ConfigError, InputError
 from classifier.labels import LabelSet
 from classifier.modeldir import (
@@ -257,8 +257,18 @@ class Predictor:
         probs = self.predict_proba(texts).tolist()
         return [self.to_prediction(p) for p in probs]
 
+    def decide(self, probs: torch.Tensor) -> torch.Tensor:
+        """Label ids of final probabilities ``[n, k]``: the argmax, shifted by the model directory's decision
+        offsets (fitted on dev for macro-F1) when it has them."""
+        offsets = self.calibration.decision_offsets if self.calibration else None
+        return decide(torch.as_tensor(probs), offsets)
+
+    def predict_labels(self, texts: Sequence[str]) -> list[str]:
+        """Just the label of each text (what ``predict`` names)."""
+        return [self.labels[i] for i in self.decide(self.predict_proba(texts)).tolist()]
+
     def to_prediction(self, probs: Sequence[float]) -> dict[str, Any]:
-        best = max(range(len(probs)), key=lambda i: probs[i])
+        best = int(self.decide(torch.tensor([list(probs)], dtype=torch.float64))[0])
         return {
             "label": self.labels[best],
             "probabilities": {name: float(p) for name, p in zip(self.labels, probs, strict=True)},

@@ -519,7 +519,7 @@ def export_best(result: Any, cfg: ClassifierSettings, data_summary: dict[str, An
                    title=f"dev, epoch {best['epoch'] + 1}: acc {best['dev_accuracy']:.3f} "
                          f"macro-F1 {best['dev_macro_f1']:.3f}")
     save_report(best["ema_dev_report"] if variant == "ema" else best["dev_report"], out / "dev_report.json")
-    if cfg.calibrate or cfg.companion:
+    if cfg.calibrate or cfg.companion or cfg.decision_offsets:
         report["postprocessing"] = fit_postprocessing_for(cfg, out)
         if cfg.export_variants and cfg.ema_decay > 0:
             for name in ("raw", "ema"):
@@ -536,6 +536,7 @@ def fit_postprocessing_for(cfg: ClassifierSettings, model_dir: Path) -> dict[str
 
     data = load_finetune_data(cfg)
     return fit_postprocessing(model_dir, data.dev, data.train, calibrate=cfg.calibrate, companion=cfg.companion,
+                              decision_offsets=cfg.decision_offsets,
                               lexicon=cfg.polarity_lexicon or None, companion_c=cfg.companion_c,
                               batch_size=cfg.eval_batch_size)
 

@@ -450,7 +450,7 @@ def evaluate_model(model_dir: str | Path, test_files: Sequence[str], held: Seque
 
     def scores(texts: list[str], gold: list[str]) -> dict[str, Any]:
         names = predictor.labels
-        preds = [names[i] for i in predictor.predict_proba(texts).argmax(-1).tolist()]
+        preds = predictor.predict_labels(texts)
         m = compute_metrics(gold, preds, names)
         return {"n": m["n"], "accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
 

@@ -82,3 +82,42 @@ def test_calibration_json_round_trip_and_checks():
         Calibration(0.0)
     with pytest.raises(ModelDirError, match="companion"):
         cal.combine(torch.full((1, 3), 1 / 3))
+
+
+def test_decision_offsets_raise_macro_f1_of_an_underpredicted_class_and_keep_probabilities():
+    from classifier.calibration import decide, fit_decision_offsets, macro_f1_of
+
+    # calibrated probabilities of a 70/15/15 problem: the rare classes rarely win the argmax
+    g = torch.Generator().manual_seed(4)
+    n = 3000
+    y = torch.multinomial(torch.tensor([0.15, 0.70, 0.15]), n, replacement=True, generator=g)
+    evidence = torch.nn.functional.one_hot(y, 3).double() * 1.2 + torch.randn(n, 3, generator=g, dtype=torch.float64)
+    probs = torch.softmax(evidence + torch.log(torch.tensor([0.15, 0.70, 0.15], dtype=torch.float64)), -1)
+    fit, held = slice(0, 1500), slice(1500, n)
+    offsets = fit_decision_offsets(probs[fit], y[fit])
+    plain = macro_f1_of(probs[held].argmax(-1), y[held], 3)
+    shifted = macro_f1_of(decide(probs[held], offsets), y[held], 3)
+    assert offsets[0] == 0.0 and offsets[1] < offsets[2] + 1e-9 and offsets[1] < 0  # 利多-like majority pushed down
+    assert shifted > plain + 0.02
+    # two groups averaged: the same machinery
+    groups = [i % 2 for i in range(1500)]
+    assert len(fit_decision_offsets(probs[fit], y[fit], groups)) == 3
+    # no gain possible (perfect argmax): the offsets stay zero
+    assert fit_decision_offsets(torch.nn.functional.one_hot(y[:300], 3).double() * 0.9 + 0.05, y[:300]) == [0.0] * 3
+
+
+def test_predictor_names_labels_with_the_offsets_but_serves_the_same_probabilities(tmp_path):
+    from classifier.modeldir import CALIBRATION_FILE, write_json
+    from classifier.predict import Predictor
+    from classifier.testing import make_tiny_model_dir
+
+    d = make_tiny_model_dir(tmp_path / "m")
+    texts = ["公司业绩大涨", "股价暴跌", "召开会议", "利好消息"]
+    plain = Predictor.from_dir(d, device="cpu")
+    probs = plain.predict_proba(texts)
+    write_json(d, CALIBRATION_FILE, Calibration(1.0, decision_offsets=[0.0, -50.0, 50.0]).to_json())
+    shifted = Predictor.from_dir(d, device="cpu")
+    assert torch.allclose(shifted.predict_proba(texts), probs)
+    assert shifted.predict_labels(texts) == ["利空"] * 4  # the offsets decide the label, not the probabilities
+    assert [r["label"] for r in shifted.predict(texts)] == ["利空"] * 4
+    assert [r["probabilities"] for r in shifted.predict(texts)] == [r["probabilities"] for r in plain.predict(texts)]
