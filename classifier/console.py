@@ -71,6 +71,19 @@ class LineFilter:
         return text if self._in_block.get(who) else None
 
 
+def _stream_beside(stream: TextIO, fd: int, saved_fd: int) -> tuple[TextIO, bool]:
+    """Where ``stream`` wrote before fd ``fd`` is redirected: a new stream on the saved descriptor when it wrote
+    to ``fd`` (a terminal, a pipe, a file), else ``stream`` itself (an in-memory capture such as pytest's, or a
+    caller's own replacement of ``sys.stdout``); the flag says whether the caller owns (closes) it."""
+    try:
+        writes_to_fd = stream.fileno() == fd
+    except (AttributeError, OSError, ValueError):
+        writes_to_fd = False
+    if writes_to_fd:
+        return os.fdopen(os.dup(saved_fd), "w", encoding="utf-8", errors="replace", buffering=1), True
+    return stream, False
+
+
 @contextlib.contextmanager
 def quiet_terminal(log_path: str | Path, packages: Iterable[str] = OWN_PACKAGES,
                    level: int = logging.INFO) -> Iterator[TextIO]:
@@ -83,8 +96,8 @@ def quiet_terminal(log_path: str | Path, packages: Iterable[str] = OWN_PACKAGES,
         with contextlib.suppress(Exception):
             s.flush()
     saved = os.dup(1), os.dup(2)
-    terminal = os.fdopen(os.dup(saved[1]), "w", encoding="utf-8", errors="replace", buffering=1)
-    results = os.fdopen(os.dup(saved[0]), "w", encoding="utf-8", errors="replace", buffering=1)
+    results, own_results = _stream_beside(sys.stdout, 1, saved[0])
+    terminal, own_terminal = _stream_beside(sys.stderr, 2, saved[1])
     log = open(path, "a", encoding="utf-8", errors="replace", buffering=1)  # noqa: SIM115 - closed below
     read_fd, write_fd = os.pipe()
     keep = LineFilter(packages)
@@ -135,5 +148,9 @@ def quiet_terminal(log_path: str | Path, packages: Iterable[str] = OWN_PACKAGES,
         for fd in saved:
             os.close(fd)
         log.close()
-        terminal.close()
-        results.close()
+        for stream, owned in ((terminal, own_terminal), (results, own_results)):
+            if owned:
+                stream.close()
+            else:
+                with contextlib.suppress(Exception):
+                    stream.flush()

@@ -54,6 +54,11 @@ class ServeClient:
                 self.close()
                 if attempt:
                     raise
+            except BaseException:
+                # a timeout or any other failure mid-request leaves http.client's connection half-used
+                # ("Request-sent"): drop it, so the next call starts on a fresh connection
+                self.close()
+                raise
         try:
             decoded: Any = json.loads(data) if data else None
         except ValueError:

@@ -59,3 +59,22 @@ def test_quiet_terminal_routes_child_processes_and_loggers(tmp_path: Path):
     logged = log.read_text(encoding="utf-8")
     for line in ("epoch 1 done", "controller chatter", "raylet noise", "more noise", "a print from a library"):
         assert line in logged
+
+
+def test_results_follow_a_replaced_sys_stdout(tmp_path: Path, monkeypatch):
+    """When sys.stdout is not fd 1 (pytest's capsys, a caller's StringIO), the command's results go to it and
+    the quiet terminal neither closes it nor writes them past it to fd 1."""
+    import io
+    import logging
+
+    from classifier.console import quiet_terminal
+
+    out, err = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    with quiet_terminal(tmp_path / "run.log") as term:
+        term.write("gate REFUSED the new model\n")
+        logging.getLogger("kafka.conn").warning("serve chatter")
+    assert sys.stdout is out and not out.closed and out.getvalue() == "gate REFUSED the new model\n"
+    assert "serve chatter" in (tmp_path / "run.log").read_text(encoding="utf-8")
+    assert "serve chatter" not in out.getvalue() + err.getvalue()

@@ -21,7 +21,7 @@ import pytest
 TESTS = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(TESTS / "stream"), str(TESTS / "serving")]
 
-from serving_testutil import free_port, toy_examples  # noqa: E402
+from serving_testutil import free_port, start_serve_http, toy_examples  # noqa: E402
 from stream_helpers import new_topics, produce, read_topic  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -65,12 +65,12 @@ def loop_app(ray_local, tiny_model_dir):
     from serving.swap import deploy_app
 
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    start_serve_http(port)
     deploy_app(make_config(model_dir=str(tiny_model_dir), num_cpus=0.5, num_gpus=0, min_replicas=1, max_replicas=1,
                            max_batch_size=16, batch_wait_timeout_s=0.02, app_name=APP, route_prefix="/loop",
                            port=port))
     yield APP
-    serve.delete(APP)
+    serve.shutdown()
 
 
 def test_stream_drift_review_corrections_learn_gated_hot_swap(loop_app, tiny_model_dir, tmp_path, capsys):

@@ -67,3 +67,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_serve_http(port: int) -> None:
+    """Start Serve with its HTTP proxy on 127.0.0.1:``port`` in the session's Ray. A Serve left running by an
+    earlier test keeps its own port (``serve.start`` would silently reuse it), so any is shut down first;
+    fixtures call ``serve.shutdown()`` when done."""
+    from ray import serve
+
+    serve.shutdown()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})

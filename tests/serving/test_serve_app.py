@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from serving_testutil import free_port
+from serving_testutil import free_port, start_serve_http
 
 from classifier.errors import InputError
 from serving.client import ServeClient
@@ -67,7 +67,7 @@ def app(ray_local, toy_model_dir):
         max_chars_per_text=200, max_body_bytes=4096, max_explain_texts=2, explain_steps=16,
         app_name="finsent-test", port=port,
     )
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    start_serve_http(port)
     ns = SimpleNamespace(cfg=cfg, url=cfg.base_url(), predictor=Predictor.from_dir(toy_model_dir, device="cpu"))
     _deploy(ns)
     ns.handle = serve.get_app_handle(cfg.app_name)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import urllib.request
 
 import pytest
-from serving_testutil import free_port
+from serving_testutil import free_port, start_serve_http
 
 schemathesis = pytest.importorskip("schemathesis")
 pytest.importorskip("ray.serve")
@@ -44,7 +44,7 @@ def served(ray_local, tiny_model_dir):
         max_chars_per_text=MAX_CHARS, max_body_bytes=WORST_CASE_BODY, max_explain_texts=MAX_EXPLAIN,
         explain_steps=4, app_name="finsent-openapi", port=port,
     )
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    start_serve_http(port)
     serve.run(build_app(cfg), name=cfg.app_name, route_prefix="/")
     yield cfg
     serve.shutdown()

@@ -33,10 +33,11 @@ def serve_app(ray_local, serving_model):
         model_dir=str(model_dir), num_cpus=0.5, num_gpus=0, min_replicas=1, max_replicas=1, max_batch_size=32,
         max_texts_per_request=32, max_chars_per_text=1000, app_name="finsent-stream-test", port=free_port(),
     )
+    serve.shutdown()  # a Serve left by an earlier test would keep its own HTTP port
     serve.start(http_options={"host": "127.0.0.1", "port": cfg.port})
     serve.run(build_app(cfg), name=cfg.app_name, route_prefix=None)
     yield cfg.app_name
-    serve.delete(cfg.app_name)
+    serve.shutdown()
 
 
 def test_serve_handle_labels_like_the_predictor_and_rejects_to_the_dlq(serve_app, topics, serving_model):
