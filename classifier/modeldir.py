@@ -32,13 +32,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from classifier.errors import ModelDirError
 from classifier.labels import LabelSet
-from classifier.modeling import FinsentClassifier
 from classifier.tokenization import (
     COMPOUND_FILE,
     USERDICT_FILE,
@@ -46,6 +43,11 @@ from classifier.tokenization import (
     TruncationConfig,
     _check_dir,
 )
+
+if TYPE_CHECKING:  # torch and the model class load only where weights are read or written
+    import torch
+
+    from classifier.modeling import FinsentClassifier
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +124,8 @@ def save_model_dir(
     config.finsent = meta.to_json()
     config.save_pretrained(str(out))
     prefix = model.encoder.base_model_prefix
+    import torch
+
     state = {f"{prefix}.{k}": v.detach().to("cpu", torch.float32).contiguous()
              for k, v in model.encoder.state_dict().items()}
     state["classifier.weight"] = model.classifier.weight.detach().cpu().float().contiguous()
