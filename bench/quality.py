@@ -310,7 +310,7 @@ def techniques(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     out = []
 
-    def add(name: str, on: dict | None, off: dict | None) -> None:
+    def add(name: str, on: dict | None, off: dict | None, by_ece: bool = False) -> None:
         if not (on and off):  # a variant that was not trained: the row says so instead of vanishing
             out.append({"technique": name, "kept": "not measured (its variant is not trained)"})
         else:
@@ -318,12 +318,17 @@ def techniques(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                  "cfsc_on": on["test/cfsc"]["macro_f1"], "cfsc_off": off["test/cfsc"]["macro_f1"]}
             gain = (d["finfe_on"] - d["finfe_off"]) + (d["cfsc_on"] - d["cfsc_off"])
             d["kept"] = "yes" if gain > 0 else "no"
+            if by_ece:  # labels do not change: judged by test ECE, FinFE / CFSC
+                eces = [(off[f"test/{s}"]["ece"], on[f"test/{s}"]["ece"]) for s in ("finfe", "cfsc")]
+                better = sum(b for b, _ in eces) > sum(a for _, a in eces)
+                d["kept"] = ("yes" if better else "no") + ": test ECE " + ", ".join(
+                    f"{b:.3f} → {a:.3f}" for b, a in eces)
             out.append(d)
 
     add("companion blend (stacking; labels by argmax)", get("default", "no_offsets"), get("default", "no_companion"))
     add("macro-F1 decision offsets (fitted on dev)", get("default", "shipped"), get("default", "no_offsets"))
     add("temperature scaling (labels unchanged; see ECE)", get("default", "no_companion"),
-        get("default", "uncalibrated"))
+        get("default", "uncalibrated"), by_ece=True)
     add("EMA weight averaging", get("default", "weights_ema"), get("default", "weights_raw"))
     add("FGM", get("default", "shipped"), get("no-fgm", "shipped"))
     add("R-Drop (no FGM)", get("rdrop", "shipped"), get("no-fgm", "shipped"))
@@ -352,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write-docs", default=None, help="replace the generated section of this Markdown file")
     ap.add_argument("--readme", default=str(REPO / "README.md"),
                     help="with --write-docs: also replace this README's short results table (\"\" = leave it)")
+    ap.add_argument("--tables-only", action="store_true",
+                    help="rebuild the tables (and --write-docs) from --out/quality.json, scoring nothing")
     ap.add_argument("--no-baselines", action="store_true", help="skip the linear baselines (a quick re-score)")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="FinetuneConfig overrides for every variant")
     args = ap.parse_args(argv)
@@ -370,6 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [v for v in wanted if v not in VARIANTS]
     if unknown:
         ap.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+    if args.tables_only:
+        result = json.loads((out / "quality.json").read_text(encoding="utf-8"))
+        result["techniques"] = techniques(result["rows"])
+        return _write_tables(result, out, args)
     load_start = os.getloadavg()
     t_start = time.perf_counter()
     if not args.report_only:
@@ -408,6 +419,10 @@ def main(argv: list[str] | None = None) -> int:
         result["seeds"] = {"variants": [r["variant"] for r in seed_rows], "finfe_mean": statistics.mean(f),
                            "finfe_std": statistics.stdev(f), "cfsc_mean": statistics.mean(c),
                            "cfsc_std": statistics.stdev(c)}
+    return _write_tables(result, out, args)
+
+
+def _write_tables(result: dict[str, Any], out: Path, args: argparse.Namespace) -> int:
     md = markdown(result)
     (out / "quality.json").write_text(json.dumps(result, ensure_ascii=False, indent=1, default=str), encoding="utf-8")
     (out / "quality.md").write_text(md + "\n", encoding="utf-8")
