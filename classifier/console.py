@@ -71,7 +71,7 @@ class LineFilter:
         return text if self._in_block.get(who) else None
 
 
-def _stream_beside(stream: TextIO, fd: int, saved_fd: int) -> tuple[TextIO, bool]:
+def stream_beside(stream: TextIO, fd: int, saved_fd: int) -> tuple[TextIO, bool]:
     """Where ``stream`` wrote before fd ``fd`` is redirected: a new stream on the saved descriptor when it wrote
     to ``fd`` (a terminal, a pipe, a file), else ``stream`` itself (an in-memory capture such as pytest's, or a
     caller's own replacement of ``sys.stdout``); the flag says whether the caller owns (closes) it."""
@@ -96,8 +96,8 @@ def quiet_terminal(log_path: str | Path, packages: Iterable[str] = OWN_PACKAGES,
         with contextlib.suppress(Exception):
             s.flush()
     saved = os.dup(1), os.dup(2)
-    results, own_results = _stream_beside(sys.stdout, 1, saved[0])
-    terminal, own_terminal = _stream_beside(sys.stderr, 2, saved[1])
+    results, own_results = stream_beside(sys.stdout, 1, saved[0])
+    terminal, own_terminal = stream_beside(sys.stderr, 2, saved[1])
     log = open(path, "a", encoding="utf-8", errors="replace", buffering=1)  # noqa: SIM115 - closed below
     read_fd, write_fd = os.pipe()
     keep = LineFilter(packages)

@@ -220,15 +220,11 @@ def ray_output_to(log_path: str | None) -> Iterator[TextIO]:
     for s in orig:
         with contextlib.suppress(Exception):
             s.flush()
-    try:
-        err_fd: int | None = orig[1].fileno()
-    except (AttributeError, OSError, ValueError):
-        err_fd = None
+    from classifier.console import stream_beside
+
     saved = os.dup(1), os.dup(2)
     # the terminal: fd 2 as it was (a CLI), or the Python stream when it is not fd 2 (pytest, a notebook)
-    own_term = err_fd == 2
-    term = (os.fdopen(os.dup(saved[1]), "w", buffering=1, encoding="utf-8", errors="replace") if own_term
-            else orig[1])
+    term, own_term = stream_beside(orig[1], 2, saved[1])
     with open(log_path, "ab", buffering=0) as logf:
         os.dup2(logf.fileno(), 1)
         os.dup2(logf.fileno(), 2)
