@@ -4,6 +4,7 @@ scored on the held-out TEST split per source and per length bucket, with dev, EC
     python bench/quality.py                          # everything (trains what is missing: hours on 2 CPU cores)
     python bench/quality.py --variants default,no-fgm --report-only   # score what is already trained
     python bench/quality.py --write-docs docs/results.md              # regenerate the README/docs results table
+    python bench/quality.py --reuse --report-only ...                 # score only what is new since quality.json
 
 Protocol: the split of ``finsent split`` (runs/split: FinFE forum posts train/dev/test, CFSC news
 train/dev/test, constructed long news dev_long/test_long). Everything is selected on dev — baseline
@@ -203,7 +204,8 @@ def evaluate_model(name: str, model_dir: Path, data: dict[str, dict[str, Any]], 
 
     report = json.loads((model_dir / "training_report.json").read_text(encoding="utf-8"))
     base = {"variant": name, "wall_time_s": report["wall_time_s"], "best_epoch": report["best_epoch"],
-            "weights": report["best_metric"].get("weights", "raw"), "kind": "encoder"}
+            "weights": report["best_metric"].get("weights", "raw"), "kind": "encoder",
+            "run_name": report.get("run_name")}
     predictor = Predictor.from_dir(model_dir, device="cpu", batch_size=64)
 
     def pieces(texts: list[str]) -> list[int]:
@@ -253,6 +255,20 @@ def evaluate_model(name: str, model_dir: Path, data: dict[str, dict[str, Any]], 
     return rows + long_rows
 
 
+def reusable_rows(old: dict[str, Any] | None, variant: str, report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of ``variant`` in an earlier result, when they were scored from the same training run (its run
+    name; for rows written before run names were kept, the same wall time and best epoch) — else ``[]``."""
+    mine = [r for r in (old or {}).get("rows", []) if r.get("variant") == variant]
+    if not mine:
+        return []
+    r = mine[0]
+    if r.get("run_name") is not None:
+        same = r["run_name"] == report.get("run_name")
+    else:
+        same = r.get("wall_time_s") == report.get("wall_time_s") and r.get("best_epoch") == report.get("best_epoch")
+    return mine if same else []
+
+
 # ================================================================================================ tables
 def _f(x: float) -> str:
     return f"{x:.4f}"
@@ -263,6 +279,14 @@ def _cell(row: dict[str, Any], key: str) -> str:
     return f"{m['macro_f1']:.4f} ({m['accuracy']:.3f})" if m else "–"
 
 
+def _reused_note(result: dict[str, Any]) -> str:
+    reused = result.get("reused")
+    if not reused:
+        return ""
+    return (f" The rows of {', '.join(reused['rows_of'])} were scored on {reused['scored']} from the same trained "
+            "models and split and reused (`--reuse`).")
+
+
 def markdown(result: dict[str, Any]) -> str:
     rows, mach = result["rows"], result["machine"]
     lines = [f"Measured {mach['date']} on {host_line(mach)} (load average at start of scoring "
@@ -271,7 +295,7 @@ def markdown(result: dict[str, Any]) -> str:
              f"Split: `finsent split` seed {result['split']['seed']}; test sizes FinFE "
              f"{result['sizes']['test/finfe']}, CFSC {result['sizes']['test/cfsc']}, constructed long news "
              f"{result['sizes']['test/cfsc_long']}. Macro-F1 (accuracy) on **test**; dev = mean of the two "
-             "sources' dev macro-F1 (what selected the checkpoint).", "",
+             "sources' dev macro-F1 (what selected the checkpoint)." + _reused_note(result), "",
              "| model | FinFE test | CFSC news test | long news test (>512 pieces) | ECE FinFE / CFSC | dev | "
              "train wall |", "|---|---|---|---|---|---|---|"]
     shipped = [r for r in rows if r.get("setting") in (None, "shipped") and r.get("variant") not in ABLATION]
@@ -419,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tables-only", action="store_true",
                     help="rebuild the tables (and --write-docs) from --out/quality.json, scoring nothing")
     ap.add_argument("--no-baselines", action="store_true", help="skip the linear baselines (a quick re-score)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep the rows of --out/quality.json for the baselines and every variant scored from the "
+                         "same training run on the same split; score only what is new")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="FinetuneConfig overrides for every variant")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -461,12 +488,36 @@ def main(argv: list[str] | None = None) -> int:
             default_tok = FinsentTokenizer.from_base(default_base_model(None), [default_lexicon()])
         return [len(ids) for ids in default_tok.encode(texts)]
 
-    rows = [] if args.no_baselines else run_baselines(data, labels, Path(default_lexicon()), pieces)
+    manifest = json.loads((split / MANIFEST).read_text(encoding="utf-8"))
+    old = None
+    if args.reuse and (out / "quality.json").is_file():
+        old = json.loads((out / "quality.json").read_text(encoding="utf-8"))
+        if old.get("split") != manifest:
+            log.warning("--reuse: %s was scored on another split; scoring everything", out / "quality.json")
+            old = None
+    reused: list[str] = []
+    old_baselines = [r for r in (old or {}).get("rows", []) if r.get("kind") == "baseline"]
+    if args.no_baselines:
+        rows = []
+    elif old_baselines:
+        rows, reused = old_baselines, ["baselines"]
+    else:
+        rows = run_baselines(data, labels, Path(default_lexicon()), pieces)
     for v in [*wanted, *STUDENTS]:
-        if (out / v / "training_report.json").is_file():
-            rows += evaluate_model(v, out / v, data, labels, full=v not in ABLATION)
+        report_path = out / v / "training_report.json"
+        if report_path.is_file():
+            kept = reusable_rows(old, v, json.loads(report_path.read_text(encoding="utf-8")))
+            if kept:
+                rows += kept
+                reused.append(v)
+            else:
+                rows += evaluate_model(v, out / v, data, labels, full=v not in ABLATION)
+    if reused:
+        log.info("reused the rows of %s from %s (scored %s)", ", ".join(reused), out / "quality.json",
+                 old["machine"]["date"])
     result: dict[str, Any] = {"machine": host_info(), "load_start": list(load_start),
-                              "split": json.loads((split / MANIFEST).read_text(encoding="utf-8")),
+                              "reused": {"rows_of": reused, "scored": old["machine"]["date"]} if reused else None,
+                              "split": manifest,
                               "sizes": {f"{k}/{s}": len(d[k]) for s, d in data.items() for k in ("dev", "test")
                                         if k in d},
                               "rows": rows, "techniques": techniques(rows),

@@ -64,3 +64,53 @@ def test_techniques_say_on_minus_off_and_name_the_unmeasured_ones():
                         "split": {"seed": 13}, "sizes": {"test/finfe": 1049, "test/cfsc": 428, "test/cfsc_long": 300}})
     assert "| FGM | – | – | not measured (its variant is not trained) |" in table
     assert "| window / mean (selected on dev) | 0.6900 | 0.7000 (0.710) |" in table
+
+
+def _shipped(variant: str, finfe: float, cfsc: float, **extra) -> dict:
+    return {"name": f"{variant}: as shipped", "variant": variant, "setting": "shipped", "test/finfe": _m(finfe, 0.7),
+            "test/cfsc": _m(cfsc, 0.8), **DEV, **extra}
+
+
+ABLATION_ROWS = [
+    _shipped("1ep-no-fgm", 0.6700, 0.8000, wall_time_s=780.0),
+    _shipped("1ep-fgm", 0.6800, 0.7950, wall_time_s=1380.0),
+    _shipped("1ep-no-fgm-seed-2", 0.6600, 0.8100),
+    _shipped("1ep-no-fgm-seed-3", 0.6800, 0.8050),
+]
+
+
+def test_one_epoch_ablation_gives_the_technique_row_and_seed_spread_when_the_full_pair_is_missing():
+    q = _quality()
+    rows = {t["technique"]: t for t in q.techniques(ROWS + ABLATION_ROWS)}
+    fgm = rows["FGM, 1-epoch ablation"]
+    assert (round(fgm["finfe_on"] - fgm["finfe_off"], 4), round(fgm["cfsc_on"] - fgm["cfsc_off"], 4)) == (0.01, -0.005)
+    assert fgm["kept"] == "yes"  # +1.0 on FinFE outweighs -0.5 on CFSC
+    assert "FGM" not in rows  # the 1-epoch pair stands in for the untrained 3-epoch pair
+    assert rows["R-Drop (no FGM)"]["kept"].startswith("not measured")  # neither scale trained
+    spread = q.seed_spread(ROWS + ABLATION_ROWS)
+    assert list(spread) == ["1-epoch"] and spread["1-epoch"]["variants"] == ["1ep-no-fgm", "1ep-no-fgm-seed-2",
+                                                                            "1ep-no-fgm-seed-3"]
+    assert round(spread["1-epoch"]["finfe_mean"], 4) == 0.67 and round(spread["1-epoch"]["finfe_std"], 4) == 0.01
+    assert round(spread["1-epoch"]["cfsc_std"], 4) == 0.005
+    md = q.markdown({"rows": ROWS + ABLATION_ROWS, "machine": MACHINE, "load_start": [0.1, 0.2, 0.3],
+                     "techniques": list(rows.values()), "seeds": spread, "split": {"seed": 13},
+                     "sizes": {"test/finfe": 1049, "test/cfsc": 428, "test/cfsc_long": 300}})
+    assert "| 1-epoch recipe with FGM | as shipped | 0.6800 (0.700) | 0.7950 (0.800) | 0.7450 | 23.0 min |" in md
+    assert "| FGM, 1-epoch ablation | 0.6800 / 0.6700 (+0.0100) | 0.7950 / 0.8000 (-0.0050) | yes |" in md
+    assert "FinFE 0.6700 ± 0.0100, CFSC 0.8050 ± 0.0050" in md
+    # ablation models are not shipped models: neither the main table nor the README's brief lists them
+    assert "1ep-fgm: as shipped |" not in md and "1ep-fgm" not in q.brief({"rows": ROWS + ABLATION_ROWS,
+                                                                            "machine": MACHINE})
+
+
+def test_rows_are_reused_only_from_the_same_training_run():
+    q = _quality()
+    old = {"rows": [{"variant": "a", "run_name": "run-1", "setting": "shipped"},
+                    {"variant": "a", "run_name": "run-1", "setting": "no_companion"},
+                    {"variant": "legacy", "wall_time_s": 12.5, "best_epoch": 2, "setting": "shipped"}]}
+    assert [r["setting"] for r in q.reusable_rows(old, "a", {"run_name": "run-1"})] == ["shipped", "no_companion"]
+    assert q.reusable_rows(old, "a", {"run_name": "run-2"}) == []  # retrained: scored again
+    assert q.reusable_rows(old, "b", {"run_name": "run-1"}) == []
+    assert len(q.reusable_rows(old, "legacy", {"run_name": "x", "wall_time_s": 12.5, "best_epoch": 2})) == 1
+    assert q.reusable_rows(old, "legacy", {"run_name": "x", "wall_time_s": 99.0, "best_epoch": 2}) == []
+    assert q.reusable_rows(None, "a", {"run_name": "run-1"}) == []
