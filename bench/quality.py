@@ -176,9 +176,20 @@ def run_baselines(data: dict[str, dict[str, Any]], labels: list[str], lexicon: P
 
 
 # ================================================================================================ encoder
+def is_trained(model_dir: Path) -> bool:
+    """A finished run: its report exists and, where the run fits a calibration or companion on dev, says that
+    it did (the report is first written before that fitting, so a run stopped there is not finished)."""
+    path = model_dir / "training_report.json"
+    if not path.is_file():
+        return False
+    report = json.loads(path.read_text(encoding="utf-8"))
+    cfg = report.get("config", {})
+    return "postprocessing" in report or not any(cfg.get(k) for k in ("calibrate", "companion", "decision_offsets"))
+
+
 def train_variant(name: str, out: Path, config: Path, extra: list[str]) -> Path:
     model_dir = out / name
-    if (model_dir / "training_report.json").is_file():
+    if is_trained(model_dir):
         log.info("%s: reusing %s", name, model_dir)
         return model_dir
     from classifier.config import load_config
@@ -505,7 +516,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = run_baselines(data, labels, Path(default_lexicon()), pieces)
     for v in [*wanted, *STUDENTS]:
         report_path = out / v / "training_report.json"
-        if report_path.is_file():
+        if report_path.is_file() and not is_trained(out / v):
+            log.warning("%s: its run has not finished (no calibration in its report yet): not scored", v)
+        elif report_path.is_file():
             kept = reusable_rows(old, v, json.loads(report_path.read_text(encoding="utf-8")))
             if kept:
                 rows += kept

@@ -114,3 +114,19 @@ def test_rows_are_reused_only_from_the_same_training_run():
     assert len(q.reusable_rows(old, "legacy", {"run_name": "x", "wall_time_s": 12.5, "best_epoch": 2})) == 1
     assert q.reusable_rows(old, "legacy", {"run_name": "x", "wall_time_s": 99.0, "best_epoch": 2}) == []
     assert q.reusable_rows(None, "a", {"run_name": "run-1"}) == []
+
+
+def test_a_run_stopped_before_its_calibration_is_not_taken_for_a_trained_variant(tmp_path: Path):
+    import json
+
+    q = _quality()
+    assert not q.is_trained(tmp_path)  # no report at all
+    report = {"config": {"calibrate": True, "companion": True}, "best_epoch": 0}
+    (tmp_path / "training_report.json").write_text(json.dumps(report), encoding="utf-8")
+    assert not q.is_trained(tmp_path)  # written before the dev fitting, which has not run
+    report["postprocessing"] = {"temperature": 1.2}
+    (tmp_path / "training_report.json").write_text(json.dumps(report), encoding="utf-8")
+    assert q.is_trained(tmp_path)
+    plain = {"config": {"calibrate": False, "companion": False}, "best_epoch": 0}
+    (tmp_path / "training_report.json").write_text(json.dumps(plain), encoding="utf-8")
+    assert q.is_trained(tmp_path)  # nothing to fit after training
