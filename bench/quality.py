@@ -294,8 +294,19 @@ def _reused_note(result: dict[str, Any]) -> str:
     reused = result.get("reused")
     if not reused:
         return ""
-    return (f" The rows of {', '.join(reused['rows_of'])} were scored on {reused['scored']} from the same trained "
-            "models and split and reused (`--reuse`).")
+    by_date: dict[str, list[str]] = {}
+    for what, date in reused["scored"].items():
+        by_date.setdefault(date, []).append(what)
+    when = "; ".join(f"{', '.join(whats)} on {date}" for date, whats in sorted(by_date.items()))
+    return f" Rows reused from earlier scoring of the same trained models and split (`--reuse`): {when}."
+
+
+def scored_dates(old: dict[str, Any], reused: list[str]) -> dict[str, str]:
+    """When each reused group of rows was first scored: its own earlier note, else the earlier file's date."""
+    earlier = (old.get("reused") or {}).get("scored") or {}
+    if not isinstance(earlier, dict):  # a file written before dates were kept per group
+        earlier = dict.fromkeys((old.get("reused") or {}).get("rows_of", []), earlier)
+    return {what: earlier.get(what, old["machine"]["date"]) for what in reused}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -526,10 +537,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 rows += evaluate_model(v, out / v, data, labels, full=v not in ABLATION)
     if reused:
-        log.info("reused the rows of %s from %s (scored %s)", ", ".join(reused), out / "quality.json",
-                 old["machine"]["date"])
+        log.info("reused the rows of %s from %s", ", ".join(reused), out / "quality.json")
     result: dict[str, Any] = {"machine": host_info(), "load_start": list(load_start),
-                              "reused": {"rows_of": reused, "scored": old["machine"]["date"]} if reused else None,
+                              "reused": {"rows_of": reused, "scored": scored_dates(old, reused)} if reused else None,
                               "split": manifest,
                               "sizes": {f"{k}/{s}": len(d[k]) for s, d in data.items() for k in ("dev", "test")
                                         if k in d},

@@ -130,3 +130,18 @@ def test_a_run_stopped_before_its_calibration_is_not_taken_for_a_trained_variant
     plain = {"config": {"calibrate": False, "companion": False}, "best_epoch": 0}
     (tmp_path / "training_report.json").write_text(json.dumps(plain), encoding="utf-8")
     assert q.is_trained(tmp_path)  # nothing to fit after training
+
+
+def test_reused_rows_keep_the_date_they_were_first_scored():
+    q = _quality()
+    old = {"machine": {"date": "2026-11-29 21:59"},
+           "reused": {"rows_of": ["baselines", "default"], "scored": {"baselines": "2026-11-29 20:45",
+                                                                      "default": "2026-11-29 20:45"}}}
+    dates = q.scored_dates(old, ["baselines", "default", "1ep-no-fgm"])
+    assert dates == {"baselines": "2026-11-29 20:45", "default": "2026-11-29 20:45", "1ep-no-fgm": "2026-11-29 21:59"}
+    note = q._reused_note({"reused": {"rows_of": list(dates), "scored": dates}})
+    assert note == (" Rows reused from earlier scoring of the same trained models and split (`--reuse`): "
+                    "baselines, default on 2026-11-29 20:45; 1ep-no-fgm on 2026-11-29 21:59.")
+    legacy = {"machine": {"date": "2026-11-29 22:31"}, "reused": {"rows_of": ["default"], "scored": "2026-11-29 20:45"}}
+    assert q.scored_dates(legacy, ["default", "1ep-fgm"]) == {"default": "2026-11-29 20:45",
+                                                              "1ep-fgm": "2026-11-29 22:31"}
