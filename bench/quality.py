@@ -359,8 +359,9 @@ def markdown(result: dict[str, Any]) -> str:
     for scale, seeds in (result.get("seeds") or {}).items():
         lines += ["", f"Seeds of the {scale} no-FGM recipe ({', '.join(seeds['variants'])}): test macro-F1 FinFE "
                   f"{seeds['finfe_mean']:.4f} ± {seeds['finfe_std']:.4f}, CFSC {seeds['cfsc_mean']:.4f} ± "
-                  f"{seeds['cfsc_std']:.4f} (mean ± sd). A technique's Δ smaller than that spread is not "
-                  "distinguishable from a change of seed."]
+                  f"{seeds['cfsc_std']:.4f} (mean ± sd; max − min {seeds['finfe_range']:.4f} / "
+                  f"{seeds['cfsc_range']:.4f}). A technique's Δ within that range is not distinguishable from a "
+                  "change of seed."]
     return "\n".join(lines)
 
 
@@ -392,7 +393,9 @@ def techniques(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     out = []
 
-    def add(name: str, on: dict | None, off: dict | None, by_ece: bool = False) -> None:
+    spread = seed_spread(rows)
+
+    def add(name: str, on: dict | None, off: dict | None, by_ece: bool = False, scale: str | None = None) -> None:
         if not (on and off):  # a variant that was not trained: the row says so instead of vanishing
             out.append({"technique": name, "kept": "not measured (its variant is not trained)"})
         else:
@@ -400,6 +403,10 @@ def techniques(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                  "cfsc_on": on["test/cfsc"]["macro_f1"], "cfsc_off": off["test/cfsc"]["macro_f1"]}
             gain = (d["finfe_on"] - d["finfe_off"]) + (d["cfsc_on"] - d["cfsc_off"])
             d["kept"] = "yes" if gain > 0 else "no"
+            seeds = spread.get(scale) if scale else None
+            if seeds and all(abs(d[f"{s}_on"] - d[f"{s}_off"]) <= seeds[f"{s}_range"] for s in SOURCES):
+                d["kept"] += (f" (both Δ within what a change of seed alone moved: {seeds['finfe_range']:.4f} / "
+                              f"{seeds['cfsc_range']:.4f})")
             if by_ece:  # labels do not change: judged by test ECE, FinFE / CFSC
                 eces = [(off[f"test/{s}"]["ece"], on[f"test/{s}"]["ece"]) for s in ("finfe", "cfsc")]
                 better = sum(b for b, _ in eces) > sum(a for _, a in eces)
@@ -421,9 +428,9 @@ def techniques(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ("L1 1e-2 on the output layer", ("l1-1e-2", "no-fgm"), ("1ep-l1-1e-2", "1ep-no-fgm"))):
         full, short = [(get(a, "shipped"), get(b, "shipped")) for a, b in ((on3, off3), (on1, off1))]
         if all(full) or not all(short):
-            add(name, *full)
+            add(name, *full, scale="3-epoch")
         if all(short):
-            add(f"{name}, 1-epoch ablation", *short)
+            add(f"{name}, 1-epoch ablation", *short, scale="1-epoch")
     return out
 
 
@@ -438,7 +445,7 @@ def seed_spread(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         c = [r["test/cfsc"]["macro_f1"] for r in seed_rows]
         out[scale] = {"variants": [r["variant"] for r in seed_rows], "finfe_mean": statistics.mean(f),
                       "finfe_std": statistics.stdev(f), "cfsc_mean": statistics.mean(c),
-                      "cfsc_std": statistics.stdev(c)}
+                      "cfsc_std": statistics.stdev(c), "finfe_range": max(f) - min(f), "cfsc_range": max(c) - min(c)}
     return out
 
 
