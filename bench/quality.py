@@ -395,7 +395,8 @@ def techniques(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     spread = seed_spread(rows)
 
-    def add(name: str, on: dict | None, off: dict | None, by_ece: bool = False, scale: str | None = None) -> None:
+    def add(name: str, on: dict | None, off: dict | None, by_ece: bool = False, scale: str | None = None,
+            encoder: tuple[dict | None, dict | None] = (None, None)) -> None:
         if not (on and off):  # a variant that was not trained: the row says so instead of vanishing
             out.append({"technique": name, "kept": "not measured (its variant is not trained)"})
         else:
@@ -407,6 +408,10 @@ def techniques(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if seeds and all(abs(d[f"{s}_on"] - d[f"{s}_off"]) <= seeds[f"{s}_range"] for s in SOURCES):
                 d["kept"] += (f" (both Δ within what a change of seed alone moved: {seeds['finfe_range']:.4f} / "
                               f"{seeds['cfsc_range']:.4f})")
+            if all(encoder):  # the same pair without the companion blend: what the technique does to the encoder
+                e_on, e_off = encoder
+                d["encoder_delta"] = [e_on[f"test/{s}"]["macro_f1"] - e_off[f"test/{s}"]["macro_f1"] for s in SOURCES]
+                d["kept"] += "; encoder alone Δ " + " / ".join(f"{x:+.4f}" for x in d["encoder_delta"])
             if by_ece:  # labels do not change: judged by test ECE, FinFE / CFSC
                 eces = [(off[f"test/{s}"]["ece"], on[f"test/{s}"]["ece"]) for s in ("finfe", "cfsc")]
                 better = sum(b for b, _ in eces) > sum(a for _, a in eces)
@@ -428,9 +433,10 @@ def techniques(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ("L1 1e-2 on the output layer", ("l1-1e-2", "no-fgm"), ("1ep-l1-1e-2", "1ep-no-fgm"))):
         full, short = [(get(a, "shipped"), get(b, "shipped")) for a, b in ((on3, off3), (on1, off1))]
         if all(full) or not all(short):
-            add(name, *full, scale="3-epoch")
+            add(name, *full, scale="3-epoch", encoder=(get(on3, "no_companion"), get(off3, "no_companion")))
         if all(short):
-            add(f"{name}, 1-epoch ablation", *short, scale="1-epoch")
+            add(f"{name}, 1-epoch ablation", *short, scale="1-epoch",
+                encoder=(get(on1, "no_companion"), get(off1, "no_companion")))
     return out
 
 

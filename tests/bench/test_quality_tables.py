@@ -77,6 +77,8 @@ ABLATION_ROWS = [
     _shipped("1ep-no-fgm-seed-2", 0.6600, 0.8100),
     _shipped("1ep-no-fgm-seed-3", 0.6800, 0.8050),
     _shipped("1ep-l1-1e-2", 0.7200, 0.7900),
+    {**_shipped("1ep-no-fgm", 0.6300, 0.7700), "setting": "no_companion"},
+    {**_shipped("1ep-fgm", 0.6250, 0.7750), "setting": "no_companion"},
 ]
 
 
@@ -86,7 +88,8 @@ def test_one_epoch_ablation_gives_the_technique_row_and_seed_spread_when_the_ful
     fgm = rows["FGM, 1-epoch ablation"]
     assert (round(fgm["finfe_on"] - fgm["finfe_off"], 4), round(fgm["cfsc_on"] - fgm["cfsc_off"], 4)) == (0.01, -0.005)
     # +1.0 on FinFE outweighs -0.5 on CFSC, but seeds alone moved FinFE by 2.0 and CFSC by 1.0 points
-    assert fgm["kept"] == "yes (both Δ within what a change of seed alone moved: 0.0200 / 0.0100)"
+    assert fgm["kept"] == ("yes (both Δ within what a change of seed alone moved: 0.0200 / 0.0100); "
+                           "encoder alone Δ -0.0050 / +0.0050")
     assert rows["L1 1e-2 on the output layer, 1-epoch ablation"]["kept"] == "yes"  # +5.0 FinFE: beyond the seeds
     assert "FGM" not in rows  # the 1-epoch pair stands in for the untrained 3-epoch pair
     assert rows["R-Drop (no FGM)"]["kept"].startswith("not measured")  # neither scale trained
