@@ -226,14 +226,7 @@ def evaluate_model(name: str, model_dir: Path, data: dict[str, dict[str, Any]], 
     rows = [{**base, **evaluate_probs(f"{name}: as shipped", predictor.predict_proba, short, labels, pieces,
                                       predictor.decide), "setting": "shipped"}]
     cal = predictor.calibration
-    if not full:
-        if cal is not None and cal.blend is not None:
-            predictor.calibration = Calibration(cal.encoder_temperature)
-            rows.append({**base, **evaluate_probs(f"{name}: encoder alone (no companion blend, argmax)",
-                                                  predictor.predict_proba, short, labels, pieces),
-                         "setting": "no_companion"})
-        return rows
-    if cal is not None and cal.decision_offsets is not None:
+    if full and cal is not None and cal.decision_offsets is not None:
         rows.append({**base, **evaluate_probs(f"{name}: argmax label (no decision offsets)", predictor.predict_proba,
                                               short, labels, pieces), "setting": "no_offsets"})
     if cal is not None and cal.blend is not None:
@@ -241,6 +234,8 @@ def evaluate_model(name: str, model_dir: Path, data: dict[str, dict[str, Any]], 
         rows.append({**base, **evaluate_probs(f"{name}: encoder alone (no companion blend, argmax)",
                                               predictor.predict_proba, short, labels, pieces),
                      "setting": "no_companion"})
+    if not full:
+        return rows
     predictor.calibration = None
     rows.append({**base, **evaluate_probs(f"{name}: uncalibrated encoder (argmax)", predictor.predict_proba, short,
                                           labels, pieces), "setting": "uncalibrated"})
